@@ -1,0 +1,659 @@
+//! Configuration: typed settings, their layering and their validation.
+//!
+//! Layers, later wins: built-in defaults, the TOML file (`config/default.toml`, or the one
+//! named by `--config` / `QA_CONFIG`), then the environment (the caller merges `.env` under
+//! the real environment). Every key can be set as `QA__SECTION__KEY`; a few plain
+//! variables (`LISTEN_ADDR`, `OPENAI_BASE_URL`, `REDIS_URL`, ...) map onto keys too. The
+//! layers are merged as TOML values and deserialized once, with unknown keys refused, so a
+//! typo stops start-up with the key's name. `validate()` then refuses impossible values.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+
+/// Where the configuration file is looked for when none is named.
+pub const DEFAULT_CONFIG_FILE: &str = "config/default.toml";
+/// The official endpoint: with no API key, a tier pointing here is not configured.
+pub const OPENAI_OFFICIAL_BASE_URL: &str = "https://api.openai.com/v1";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub openai: OpenAiConfig,
+    pub primary: TierConfig,
+    pub secondary: TierConfig,
+    pub cache: CacheConfig,
+    pub redis: RedisConfig,
+    pub canned: CannedConfig,
+    pub limits: LimitsConfig,
+    pub metrics: MetricsConfig,
+    pub log: LogConfig,
+    /// Bearer token for both model tiers, from `OPENAI_API_KEY` only (never from a file).
+    #[serde(skip)]
+    pub api_key: Option<SecretString>,
+    /// Token for the admin endpoints, from `ADMIN_TOKEN` only.
+    #[serde(skip)]
+    pub admin_token: Option<SecretString>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub listen_addr: String,
+    pub request_timeout_ms: u64,
+    pub shutdown_grace_secs: u64,
+    /// Origins allowed by CORS; empty means no CORS headers at all.
+    pub cors_allowed_origins: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenAiConfig {
+    pub base_url: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierConfig {
+    pub model: String,
+    /// Overrides `openai.base_url` for this tier.
+    pub base_url: Option<String>,
+    pub max_attempts: u32,
+    pub initial_backoff_ms: u64,
+    pub max_backoff_ms: u64,
+    pub attempt_timeout_ms: u64,
+    /// Prompt sent as the user message; `{question}` is replaced by the question.
+    pub prompt: String,
+    pub temperature: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    pub ttl_secs: u64,
+    pub stale_ttl_secs: u64,
+    /// Entries kept in process memory; 0 turns the memory layer off.
+    pub memory_max_entries: u64,
+    pub key_prefix: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    pub url: String,
+    pub pool_size: usize,
+    /// Longest wait for one Redis command (lookup or write), connecting included.
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CannedConfig {
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub max_question_chars: usize,
+    pub max_body_bytes: usize,
+    pub max_concurrent_requests: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    pub window_secs: u64,
+    /// Error ratio over the window above which the error alert fires.
+    pub error_alert_threshold: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    pub filter: String,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            server: ServerConfig {
+                listen_addr: "0.0.0.0:8080".into(),
+                request_timeout_ms: 20_000,
+                shutdown_grace_secs: 30,
+                cors_allowed_origins: Vec::new(),
+            },
+            openai: OpenAiConfig {
+                base_url: OPENAI_OFFICIAL_BASE_URL.into(),
+            },
+            primary: TierConfig {
+                model: "gpt-4o".into(),
+                base_url: None,
+                max_attempts: 3,
+                initial_backoff_ms: 250,
+                max_backoff_ms: 2000,
+                attempt_timeout_ms: 15_000,
+                prompt: "你是一个专业的客服助手。请回答用户的问题。\n\n问题:{question}\n\n回答:"
+                    .into(),
+                temperature: 0.0,
+            },
+            secondary: TierConfig {
+                model: "gpt-3.5-turbo".into(),
+                base_url: None,
+                max_attempts: 2,
+                initial_backoff_ms: 250,
+                max_backoff_ms: 2000,
+                attempt_timeout_ms: 10_000,
+                prompt: "简洁回答:{question}".into(),
+                temperature: 0.0,
+            },
+            cache: CacheConfig {
+                ttl_secs: 3600,
+                stale_ttl_secs: 86_400,
+                memory_max_entries: 10_000,
+                key_prefix: "qa:v1:".into(),
+            },
+            redis: RedisConfig {
+                url: "redis://127.0.0.1:6379".into(),
+                pool_size: 16,
+                timeout_ms: 100,
+            },
+            canned: CannedConfig {
+                file: PathBuf::from("config/canned_answers.toml"),
+            },
+            limits: LimitsConfig {
+                max_question_chars: 2000,
+                max_body_bytes: 16_384,
+                max_concurrent_requests: 1024,
+            },
+            metrics: MetricsConfig {
+                window_secs: 300,
+                error_alert_threshold: 0.01,
+            },
+            log: LogConfig {
+                filter: "info".into(),
+                format: LogFormat::Json,
+            },
+            api_key: None,
+            admin_token: None,
+        }
+    }
+}
+
+/// A configuration that cannot be used, with the key it concerns.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config key `{key}`: {message}")]
+    Key { key: String, message: String },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+}
+
+fn key_error(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Key {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// Plain environment variables and the key each one sets.
+const PLAIN_VARS: &[(&str, &str)] = &[
+    ("LISTEN_ADDR", "server.listen_addr"),
+    ("OPENAI_BASE_URL", "openai.base_url"),
+    ("REDIS_URL", "redis.url"),
+    ("RUST_LOG", "log.filter"),
+    ("LOG_FORMAT", "log.format"),
+];
+
+impl Config {
+    /// Loads the layers from `file` (or the default file, if it exists) and `env`, then
+    /// validates. `env` is the environment to read: the process's, with `.env` under it.
+    pub fn load(file: Option<&Path>, env: &HashMap<String, String>) -> Result<Config, ConfigError> {
+        let named = file
+            .map(Path::to_path_buf)
+            .or_else(|| env.get("QA_CONFIG").map(PathBuf::from));
+        let (path, must_exist) = match named {
+            Some(p) => (p, true),
+            None => (PathBuf::from(DEFAULT_CONFIG_FILE), false),
+        };
+        let file_layer = match std::fs::read_to_string(&path) {
+            Ok(text) => Some(
+                text.parse::<toml::Table>()
+                    .map_err(|e| ConfigError::Parse {
+                        path: path.clone(),
+                        message: e.to_string(),
+                    })?,
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !must_exist => None,
+            Err(source) => return Err(ConfigError::Read { path, source }),
+        };
+        Self::from_layers(file_layer, env)
+    }
+
+    /// Merges defaults, an optional file layer and the environment, then validates.
+    pub fn from_layers(
+        file_layer: Option<toml::Table>,
+        env: &HashMap<String, String>,
+    ) -> Result<Config, ConfigError> {
+        let defaults = toml::Table::try_from(Config::default()).map_err(|e| ConfigError::Key {
+            key: "<defaults>".into(),
+            message: e.to_string(),
+        })?;
+        let mut merged = defaults.clone();
+        if let Some(layer) = file_layer {
+            merge(&mut merged, layer);
+        }
+        apply_env(&mut merged, &defaults, env)?;
+
+        let value = toml::Value::Table(merged);
+        let mut config: Config =
+            serde_path_to_error::deserialize(value).map_err(|e| ConfigError::Key {
+                key: e.path().to_string(),
+                message: e.inner().to_string(),
+            })?;
+        config.api_key = non_empty(env, "OPENAI_API_KEY").map(SecretString::from);
+        config.admin_token = non_empty(env, "ADMIN_TOKEN").map(SecretString::from);
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Refuses values the service cannot run with, naming the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.server
+            .listen_addr
+            .parse::<SocketAddr>()
+            .map_err(|e| key_error("server.listen_addr", format!("not an address: {e}")))?;
+        positive("server.request_timeout_ms", self.server.request_timeout_ms)?;
+        for origin in &self.server.cors_allowed_origins {
+            http_url("server.cors_allowed_origins", origin)?;
+        }
+        http_url("openai.base_url", &self.openai.base_url)?;
+        for (name, tier) in [("primary", &self.primary), ("secondary", &self.secondary)] {
+            let k = |field: &str| format!("{name}.{field}");
+            if tier.model.trim().is_empty() {
+                return Err(key_error(&k("model"), "must not be empty"));
+            }
+            if let Some(url) = &tier.base_url {
+                http_url(&k("base_url"), url)?;
+            }
+            if tier.max_attempts == 0 {
+                return Err(key_error(&k("max_attempts"), "must be at least 1 (got 0)"));
+            }
+            if tier.max_backoff_ms < tier.initial_backoff_ms {
+                return Err(key_error(
+                    &k("max_backoff_ms"),
+                    format!(
+                        "must not be below {name}.initial_backoff_ms ({} < {})",
+                        tier.max_backoff_ms, tier.initial_backoff_ms
+                    ),
+                ));
+            }
+            positive(&k("attempt_timeout_ms"), tier.attempt_timeout_ms)?;
+            if !tier.prompt.contains("{question}") {
+                return Err(key_error(&k("prompt"), "must contain `{question}`"));
+            }
+            if !(0.0..=2.0).contains(&tier.temperature) {
+                return Err(key_error(&k("temperature"), "must be between 0 and 2"));
+            }
+        }
+        positive("cache.ttl_secs", self.cache.ttl_secs)?;
+        let url = reqwest::Url::parse(&self.redis.url)
+            .map_err(|e| key_error("redis.url", format!("not a URL: {e}")))?;
+        if !matches!(url.scheme(), "redis" | "rediss" | "unix" | "redis+unix") {
+            return Err(key_error(
+                "redis.url",
+                format!(
+                    "scheme must be redis:// or rediss:// (got {})",
+                    url.scheme()
+                ),
+            ));
+        }
+        positive("redis.pool_size", self.redis.pool_size as u64)?;
+        positive("redis.timeout_ms", self.redis.timeout_ms)?;
+        positive(
+            "limits.max_question_chars",
+            self.limits.max_question_chars as u64,
+        )?;
+        positive("limits.max_body_bytes", self.limits.max_body_bytes as u64)?;
+        positive(
+            "limits.max_concurrent_requests",
+            self.limits.max_concurrent_requests as u64,
+        )?;
+        positive("metrics.window_secs", self.metrics.window_secs)?;
+        if self.metrics.window_secs > 86_400 {
+            return Err(key_error("metrics.window_secs", "must be at most 86400"));
+        }
+        if !(0.0..=1.0).contains(&self.metrics.error_alert_threshold) {
+            return Err(key_error(
+                "metrics.error_alert_threshold",
+                "must be between 0 and 1",
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.server.request_timeout_ms)
+    }
+}
+
+impl TierConfig {
+    /// The base URL this tier calls: its own, or the shared one.
+    pub fn effective_base_url<'a>(&'a self, openai: &'a OpenAiConfig) -> &'a str {
+        self.base_url.as_deref().unwrap_or(&openai.base_url)
+    }
+}
+
+fn non_empty(env: &HashMap<String, String>, var: &str) -> Option<String> {
+    env.get(var).filter(|v| !v.is_empty()).cloned()
+}
+
+fn positive(key: &str, value: u64) -> Result<(), ConfigError> {
+    if value == 0 {
+        Err(key_error(key, "must be greater than 0"))
+    } else {
+        Ok(())
+    }
+}
+
+fn http_url(key: &str, value: &str) -> Result<(), ConfigError> {
+    let url = reqwest::Url::parse(value)
+        .map_err(|e| key_error(key, format!("not a URL ({value:?}): {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(key_error(
+            key,
+            format!("must be an http:// or https:// URL with a host (got {value:?})"),
+        ));
+    }
+    Ok(())
+}
+
+/// Deep-merges `layer` into `base`: tables merge key by key, anything else replaces.
+fn merge(base: &mut toml::Table, layer: toml::Table) {
+    for (key, value) in layer {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(l)) => merge(b, l),
+            (_, v) => {
+                base.insert(key, v);
+            }
+        }
+    }
+}
+
+/// Applies the plain variables, then `QA__SECTION__KEY` ones, typed after the defaults so
+/// that `QA__PRIMARY__MODEL=4` stays a string and `QA__PRIMARY__MAX_ATTEMPTS=5` a number.
+fn apply_env(
+    merged: &mut toml::Table,
+    defaults: &toml::Table,
+    env: &HashMap<String, String>,
+) -> Result<(), ConfigError> {
+    let mut sets: Vec<(String, Vec<String>, &String)> = Vec::new();
+    for (var, key) in PLAIN_VARS {
+        if let Some(v) = env.get(*var).filter(|v| !v.is_empty()) {
+            sets.push((
+                var.to_string(),
+                key.split('.').map(String::from).collect(),
+                v,
+            ));
+        }
+    }
+    if !env.contains_key("REDIS_URL")
+        && let Some(host) = env.get("REDIS_HOST").filter(|h| !h.is_empty())
+    {
+        let port = env.get("REDIS_PORT").map(String::as_str).unwrap_or("6379");
+        let url = format!("redis://{host}:{port}");
+        set_path(
+            merged,
+            &["redis".into(), "url".into()],
+            toml::Value::String(url),
+        );
+    }
+    let mut qa: Vec<(&String, &String)> =
+        env.iter().filter(|(k, _)| k.starts_with("QA__")).collect();
+    qa.sort();
+    for (var, value) in qa {
+        let path: Vec<String> = var["QA__".len()..]
+            .split("__")
+            .map(|p| p.to_ascii_lowercase())
+            .collect();
+        if path.iter().any(String::is_empty) {
+            return Err(ConfigError::Env {
+                var: var.clone(),
+                message: "expected QA__SECTION__KEY".into(),
+            });
+        }
+        sets.push((var.clone(), path, value));
+    }
+    for (var, path, raw) in sets {
+        let value = typed_value(defaults, &path, raw).map_err(|message| ConfigError::Env {
+            var: var.clone(),
+            message,
+        })?;
+        set_path(merged, &path, value);
+    }
+    Ok(())
+}
+
+fn lookup<'a>(table: &'a toml::Table, path: &[String]) -> Option<&'a toml::Value> {
+    let (first, rest) = path.split_first()?;
+    let v = table.get(first)?;
+    if rest.is_empty() {
+        return Some(v);
+    }
+    match v {
+        toml::Value::Table(t) => lookup(t, rest),
+        _ => None,
+    }
+}
+
+fn typed_value(defaults: &toml::Table, path: &[String], raw: &str) -> Result<toml::Value, String> {
+    let as_toml = || -> Option<toml::Value> {
+        format!("v = {raw}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+    };
+    match lookup(defaults, path) {
+        Some(toml::Value::String(_)) => Ok(toml::Value::String(raw.to_string())),
+        Some(toml::Value::Array(_)) => Ok(toml::Value::Array(
+            raw.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| toml::Value::String(s.to_string()))
+                .collect(),
+        )),
+        Some(toml::Value::Table(_)) => Err("names a section, not a key".into()),
+        Some(_) => as_toml().ok_or_else(|| format!("cannot parse {raw:?}")),
+        // Optional keys (absent from the defaults) and unknown ones: the typed
+        // deserialization that follows refuses unknown keys by name.
+        None => Ok(as_toml()
+            .filter(|v| !matches!(v, toml::Value::Table(_)))
+            .unwrap_or_else(|| toml::Value::String(raw.to_string()))),
+    }
+}
+
+fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) {
+    let Some((first, rest)) = path.split_first() else {
+        return;
+    };
+    if rest.is_empty() {
+        table.insert(first.clone(), value);
+        return;
+    }
+    let entry = table
+        .entry(first.clone())
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    if !entry.is_table() {
+        *entry = toml::Value::Table(toml::Table::new());
+    }
+    if let toml::Value::Table(t) = entry {
+        set_path(t, rest, value);
+    }
+}
+
+/// The environment the service reads: the process's, over the entries of `.env` in the
+/// working directory (which never override a real variable).
+pub fn process_env() -> HashMap<String, String> {
+    let mut env: HashMap<String, String> = HashMap::new();
+    if let Ok(iter) = dotenvy::from_path_iter(".env") {
+        for (k, v) in iter.flatten() {
+            env.insert(k, v);
+        }
+    }
+    env.extend(std::env::vars());
+    env
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let c = Config::from_layers(None, &env(&[])).unwrap();
+        assert_eq!(c.server.request_timeout_ms, 20_000);
+        assert_eq!(c.primary.model, "gpt-4o");
+        assert_eq!(c.secondary.model, "gpt-3.5-turbo");
+        assert_eq!((c.primary.max_attempts, c.secondary.max_attempts), (3, 2));
+        assert_eq!(c.primary.attempt_timeout_ms, 15_000);
+        assert_eq!(c.secondary.attempt_timeout_ms, 10_000);
+        assert_eq!(c.cache.stale_ttl_secs, 86_400);
+        assert_eq!(c.limits.max_body_bytes, 16_384);
+        assert_eq!(c.server.listen_addr, "0.0.0.0:8080");
+        assert_eq!(c.log.format, LogFormat::Json);
+    }
+
+    #[test]
+    fn double_underscore_variables_override_the_file() {
+        let file: toml::Table = "[primary]\nmax_attempts = 4\nmodel = \"x\""
+            .parse()
+            .unwrap();
+        let c = Config::from_layers(
+            Some(file),
+            &env(&[
+                ("QA__PRIMARY__MAX_ATTEMPTS", "5"),
+                ("QA__SECONDARY__MODEL", "7"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.primary.max_attempts, 5);
+        assert_eq!(c.primary.model, "x");
+        assert_eq!(c.secondary.model, "7");
+        assert_eq!(
+            c.secondary.max_attempts, 2,
+            "untouched keys keep their default"
+        );
+    }
+
+    #[test]
+    fn plain_variables_set_their_keys() {
+        let c = Config::from_layers(
+            None,
+            &env(&[
+                ("LISTEN_ADDR", "127.0.0.1:9000"),
+                ("OPENAI_BASE_URL", "http://localhost:1/v1"),
+                ("REDIS_HOST", "cache"),
+                ("REDIS_PORT", "6380"),
+                ("LOG_FORMAT", "pretty"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.server.listen_addr, "127.0.0.1:9000");
+        assert_eq!(c.openai.base_url, "http://localhost:1/v1");
+        assert_eq!(c.redis.url, "redis://cache:6380");
+        assert_eq!(c.log.format, LogFormat::Pretty);
+    }
+
+    #[test]
+    fn redis_url_wins_over_host_and_port() {
+        let c = Config::from_layers(
+            None,
+            &env(&[("REDIS_URL", "redis://a:1"), ("REDIS_HOST", "b")]),
+        )
+        .unwrap();
+        assert_eq!(c.redis.url, "redis://a:1");
+    }
+
+    #[test]
+    fn unknown_key_in_file_is_refused_by_name() {
+        let file: toml::Table = "[primary]\nmax_atempts = 4".parse().unwrap();
+        let err = Config::from_layers(Some(file), &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_atempts"), "{err}");
+    }
+
+    #[test]
+    fn unknown_variable_key_is_refused_by_name() {
+        let err = Config::from_layers(None, &env(&[("QA__CACHE__TTL", "5")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("ttl"), "{err}");
+    }
+
+    #[test]
+    fn zero_attempts_is_refused() {
+        let err = Config::from_layers(None, &env(&[("QA__SECONDARY__MAX_ATTEMPTS", "0")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("secondary.max_attempts"), "{err}");
+    }
+
+    #[test]
+    fn backoff_max_below_initial_is_refused() {
+        let err = Config::from_layers(None, &env(&[("QA__PRIMARY__MAX_BACKOFF_MS", "10")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("primary.max_backoff_ms"), "{err}");
+    }
+
+    #[test]
+    fn malformed_url_is_refused() {
+        let err = Config::from_layers(None, &env(&[("QA__PRIMARY__BASE_URL", "not a url")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("primary.base_url"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_is_refused_by_name() {
+        let err = Config::from_layers(None, &env(&[("QA__CACHE__TTL_SECS", "soon")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("QA__CACHE__TTL_SECS"), "{err}");
+    }
+
+    #[test]
+    fn api_key_never_shows_in_debug_output() {
+        let c = Config::from_layers(None, &env(&[("OPENAI_API_KEY", "sk-secret-123")])).unwrap();
+        assert!(!format!("{c:?}").contains("sk-secret-123"));
+    }
+}

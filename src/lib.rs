@@ -1,0 +1,16 @@
+//! resilient-qa: an HTTP service that answers customer-service questions and always
+//! answers. `POST /ask` walks the pipeline in `pipeline`: fresh cache, primary model,
+//! secondary model, canned answers, stale cache, default reply.
+
+pub mod app;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod middleware;
+pub mod pipeline;
+pub mod resilience;
+pub mod routes;
+pub mod shutdown;
+pub mod sim;
+pub mod stats;
+pub mod telemetry;

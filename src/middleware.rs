@@ -1,0 +1,91 @@
+//! Request middleware of our own: request ids and load shedding. (The rest of the stack
+//! comes from tower-http; see `app::router`.)
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::extract::{Request, State};
+use axum::http::HeaderValue;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use crate::app::AppState;
+use crate::error::ApiError;
+
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// The id of the request being served, as put in its extensions.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub Arc<str>);
+
+/// Keeps the client's `X-Request-Id` when it is 1 to 128 visible ASCII characters, else
+/// makes a new one; the id goes into the request (header and extension) and onto every
+/// response.
+pub async fn request_id(mut req: Request, next: Next) -> Response {
+    let given = req
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| valid_request_id(s))
+        .map(str::to_owned);
+    let id = given.unwrap_or_else(new_request_id);
+    let header = HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("invalid"));
+    req.headers_mut().insert(REQUEST_ID, header.clone());
+    req.extensions_mut().insert(RequestId(Arc::from(id)));
+    let mut resp = next.run(req).await;
+    resp.headers_mut().insert(REQUEST_ID, header);
+    resp
+}
+
+fn valid_request_id(s: &str) -> bool {
+    (1..=128).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// A ULID: 48 bits of milliseconds then 80 random bits, Crockford base32, so ids sort
+/// by time.
+pub fn new_request_id() -> String {
+    const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    let value = (ms << 80) | (fastrand::u128(..) >> 48u32);
+    (0..26)
+        .rev()
+        .map(|i| char::from(ALPHABET[((value >> (i * 5)) & 0x1f) as usize]))
+        .collect()
+}
+
+/// Sheds load past `limits.max_concurrent_requests` in flight: `503 overloaded` at once,
+/// with `Retry-After`, rather than a queue without bound.
+pub async fn load_shed(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let Ok(_permit) = state.inflight.clone().try_acquire_owned() else {
+        state.reject("overloaded");
+        return ApiError::overloaded().into_response();
+    };
+    next.run(req).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_ids_are_26_crockford_characters() {
+        let id = new_request_id();
+        assert_eq!(id.len(), 26);
+        assert!(valid_request_id(&id));
+        assert!(
+            id.starts_with('0'),
+            "a ULID of this century starts with 0: {id}"
+        );
+    }
+
+    #[test]
+    fn ids_with_spaces_or_too_long_are_refused() {
+        assert!(!valid_request_id("a b"));
+        assert!(!valid_request_id(""));
+        assert!(!valid_request_id(&"x".repeat(129)));
+        assert!(valid_request_id(&"x".repeat(128)));
+    }
+}

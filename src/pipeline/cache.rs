@@ -1,0 +1,366 @@
+//! The answer cache: a bounded in-process layer (moka) in front of Redis (deadpool-redis).
+//!
+//! Entries carry the answer, the model that wrote it and when; they are fresh for
+//! `cache.ttl_secs` and may serve as `stale` for `cache.stale_ttl_secs` after that, in
+//! both layers. A Redis failure is a counted miss bounded by `redis.timeout_ms`, never an
+//! error. Writes to Redis go through a queue drained by one background task, off the
+//! response path; a failed write is retried a few times, and the queue is flushed at
+//! shutdown.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use deadpool_redis::redis;
+use deadpool_redis::{Pool, Runtime, Timeouts};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::config::{CacheConfig, RedisConfig};
+use crate::telemetry::Metrics;
+
+/// What the cache keeps for a question.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CachedAnswer {
+    pub answer: Arc<str>,
+    pub model: Arc<str>,
+    /// Unix time of the write, in milliseconds.
+    pub written_at_ms: u64,
+}
+
+/// What a lookup found.
+#[derive(Debug, Clone, Default)]
+pub struct Lookup {
+    pub fresh: Option<CachedAnswer>,
+    /// An expired answer still inside its stale period: the last tier but one.
+    pub stale: Option<CachedAnswer>,
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+enum Freshness {
+    Fresh,
+    Stale,
+    Gone,
+}
+
+struct WriteJob {
+    key: String,
+    value: String,
+}
+
+/// How many answers may wait to be written to Redis before new ones are dropped.
+const WRITE_QUEUE: usize = 10_000;
+/// Tries of one Redis write before it is dropped (counted).
+const WRITE_TRIES: u32 = 3;
+
+pub struct AnswerCache {
+    memory: Option<moka::future::Cache<String, CachedAnswer>>,
+    redis: Pool,
+    redis_timeout: Duration,
+    ttl_ms: u64,
+    stale_ms: u64,
+    prefix: String,
+    metrics: Metrics,
+    redis_up: Arc<AtomicBool>,
+    writes: mpsc::Sender<WriteJob>,
+}
+
+/// The background writer: drained and stopped by [`CacheWriter::flush`].
+pub struct CacheWriter {
+    task: JoinHandle<()>,
+    stop: Arc<tokio::sync::Notify>,
+}
+
+impl AnswerCache {
+    pub fn new(
+        cfg: &CacheConfig,
+        redis_cfg: &RedisConfig,
+        metrics: Metrics,
+    ) -> Result<(Arc<AnswerCache>, CacheWriter), String> {
+        let timeout = Duration::from_millis(redis_cfg.timeout_ms);
+        let mut pool_cfg = deadpool_redis::Config::from_url(redis_cfg.url.clone());
+        pool_cfg.pool = Some(deadpool_redis::PoolConfig {
+            max_size: redis_cfg.pool_size,
+            timeouts: Timeouts {
+                wait: Some(timeout),
+                create: Some(timeout),
+                recycle: Some(timeout),
+            },
+            ..Default::default()
+        });
+        let redis = pool_cfg
+            .create_pool(Some(Runtime::Tokio1))
+            .map_err(|e| format!("redis.url: {e}"))?;
+        let ttl_ms = cfg.ttl_secs.saturating_mul(1000);
+        let stale_ms = cfg.stale_ttl_secs.saturating_mul(1000);
+        let memory = (cfg.memory_max_entries > 0).then(|| {
+            moka::future::Cache::builder()
+                .max_capacity(cfg.memory_max_entries)
+                .time_to_live(Duration::from_millis(ttl_ms.saturating_add(stale_ms)))
+                .build()
+        });
+        let (tx, rx) = mpsc::channel(WRITE_QUEUE);
+        let stop = Arc::new(tokio::sync::Notify::new());
+        let cache = Arc::new(AnswerCache {
+            memory,
+            redis,
+            redis_timeout: timeout,
+            ttl_ms,
+            stale_ms,
+            prefix: cfg.key_prefix.clone(),
+            metrics,
+            redis_up: Arc::new(AtomicBool::new(false)),
+            writes: tx,
+        });
+        let task = tokio::spawn(write_loop(cache.clone(), rx, stop.clone()));
+        Ok((cache, CacheWriter { task, stop }))
+    }
+
+    pub fn key(&self, normalized: &str) -> String {
+        super::normalize::cache_key(&self.prefix, normalized)
+    }
+
+    fn freshness(&self, entry: &CachedAnswer, now: u64) -> Freshness {
+        let age = now.saturating_sub(entry.written_at_ms);
+        if age < self.ttl_ms {
+            Freshness::Fresh
+        } else if age < self.ttl_ms.saturating_add(self.stale_ms) {
+            Freshness::Stale
+        } else {
+            Freshness::Gone
+        }
+    }
+
+    fn count(&self, layer: &str, result: &str) {
+        self.metrics
+            .cache_lookups
+            .with_label_values(&[layer, result])
+            .inc();
+    }
+
+    /// Memory first, then Redis. A fresh Redis entry is copied into memory.
+    pub async fn lookup(&self, key: &str) -> Lookup {
+        let now = now_ms();
+        let mut found = Lookup::default();
+        if let Some(memory) = &self.memory {
+            match memory.get(key).await {
+                Some(e) => match self.freshness(&e, now) {
+                    Freshness::Fresh => {
+                        self.count("memory", "hit");
+                        found.fresh = Some(e);
+                        return found;
+                    }
+                    Freshness::Stale => {
+                        self.count("memory", "stale");
+                        found.stale = Some(e);
+                    }
+                    Freshness::Gone => self.count("memory", "miss"),
+                },
+                None => self.count("memory", "miss"),
+            }
+        }
+        match self.redis_get(key).await {
+            Ok(Some(e)) => match self.freshness(&e, now) {
+                Freshness::Fresh => {
+                    self.count("redis", "hit");
+                    if let Some(memory) = &self.memory {
+                        memory.insert(key.to_string(), e.clone()).await;
+                    }
+                    found.fresh = Some(e);
+                }
+                Freshness::Stale => {
+                    self.count("redis", "stale");
+                    let newer = found
+                        .stale
+                        .as_ref()
+                        .is_none_or(|m| m.written_at_ms < e.written_at_ms);
+                    if newer {
+                        found.stale = Some(e);
+                    }
+                }
+                Freshness::Gone => self.count("redis", "miss"),
+            },
+            Ok(None) => self.count("redis", "miss"),
+            Err(e) => {
+                self.count("redis", "error");
+                tracing::debug!(error = %e, "redis lookup failed; treated as a miss");
+            }
+        }
+        found
+    }
+
+    async fn redis_get(&self, key: &str) -> Result<Option<CachedAnswer>, String> {
+        let fut = async {
+            let mut conn = self.redis.get().await.map_err(|e| e.to_string())?;
+            let raw: Option<String> = redis::cmd("GET")
+                .arg(key)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>(raw)
+        };
+        let raw = match tokio::time::timeout(self.redis_timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(format!(
+                "timed out after {} ms",
+                self.redis_timeout.as_millis()
+            )),
+        };
+        self.redis_up.store(raw.is_ok(), Ordering::Relaxed);
+        match raw? {
+            None => Ok(None),
+            // An entry we cannot read is a miss: a later write replaces it.
+            Some(s) => Ok(serde_json::from_str(&s).ok()),
+        }
+    }
+
+    /// Keeps a model's answer: in memory now, in Redis through the write queue.
+    pub async fn store(&self, key: String, entry: CachedAnswer) {
+        if let Some(memory) = &self.memory {
+            memory.insert(key.clone(), entry.clone()).await;
+        }
+        let value = match serde_json::to_string(&entry) {
+            Ok(v) => v,
+            Err(_) => return,
+        };
+        if self.writes.try_send(WriteJob { key, value }).is_err() {
+            self.metrics
+                .cache_writes
+                .with_label_values(&["dropped"])
+                .inc();
+            tracing::warn!("cache write queue full or closed; answer not written to redis");
+        }
+    }
+
+    async fn redis_set(&self, job: &WriteJob) -> Result<(), String> {
+        let ttl_secs = (self.ttl_ms.saturating_add(self.stale_ms) / 1000).max(1);
+        let fut = async {
+            let mut conn = self.redis.get().await.map_err(|e| e.to_string())?;
+            redis::cmd("SET")
+                .arg(&job.key)
+                .arg(&job.value)
+                .arg("EX")
+                .arg(ttl_secs)
+                .query_async::<()>(&mut conn)
+                .await
+                .map_err(|e| e.to_string())
+        };
+        match tokio::time::timeout(self.redis_timeout * 5, fut).await {
+            Ok(r) => r,
+            Err(_) => Err("timed out".into()),
+        }
+    }
+
+    /// Removes a question's answer from Redis and from this instance's memory.
+    pub async fn delete(&self, key: &str) -> Result<bool, String> {
+        let in_memory = match &self.memory {
+            Some(m) => m.remove(key).await.is_some(),
+            None => false,
+        };
+        let fut = async {
+            let mut conn = self.redis.get().await.map_err(|e| e.to_string())?;
+            redis::cmd("DEL")
+                .arg(key)
+                .query_async::<u64>(&mut conn)
+                .await
+                .map_err(|e| e.to_string())
+        };
+        let removed = match tokio::time::timeout(self.redis_timeout * 5, fut).await {
+            Ok(r) => r?,
+            Err(_) => return Err("redis timed out".into()),
+        };
+        Ok(removed > 0 || in_memory)
+    }
+
+    /// Checks Redis with a PING; the result feeds `/readyz` and `qa_redis_up`.
+    pub async fn ping(&self) -> bool {
+        let fut = async {
+            let mut conn = self.redis.get().await.map_err(|e| e.to_string())?;
+            redis::cmd("PING")
+                .query_async::<String>(&mut conn)
+                .await
+                .map_err(|e| e.to_string())
+        };
+        let up = matches!(
+            tokio::time::timeout(self.redis_timeout * 5, fut).await,
+            Ok(Ok(_))
+        );
+        self.redis_up.store(up, Ordering::Relaxed);
+        self.metrics.redis_up.set(if up { 1.0 } else { 0.0 });
+        up
+    }
+
+    pub fn redis_is_up(&self) -> bool {
+        self.redis_up.load(Ordering::Relaxed)
+    }
+}
+
+async fn write_loop(
+    cache: Arc<AnswerCache>,
+    mut rx: mpsc::Receiver<WriteJob>,
+    stop: Arc<tokio::sync::Notify>,
+) {
+    loop {
+        tokio::select! {
+            job = rx.recv() => match job {
+                Some(job) => write_with_retries(&cache, job).await,
+                None => return,
+            },
+            _ = stop.notified() => break,
+        }
+    }
+    // Shutdown: no new writes; everything already queued is written.
+    rx.close();
+    while let Some(job) = rx.recv().await {
+        write_with_retries(&cache, job).await;
+    }
+}
+
+async fn write_with_retries(cache: &AnswerCache, job: WriteJob) {
+    for attempt in 1..=WRITE_TRIES {
+        match cache.redis_set(&job).await {
+            Ok(()) => {
+                let result = if attempt == 1 { "ok" } else { "retried" };
+                cache
+                    .metrics
+                    .cache_writes
+                    .with_label_values(&[result])
+                    .inc();
+                return;
+            }
+            Err(e) => {
+                cache
+                    .metrics
+                    .cache_writes
+                    .with_label_values(&["error"])
+                    .inc();
+                tracing::warn!(error = %e, attempt, "redis cache write failed");
+                if attempt < WRITE_TRIES {
+                    tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+                }
+            }
+        }
+    }
+    cache
+        .metrics
+        .cache_writes
+        .with_label_values(&["dropped"])
+        .inc();
+}
+
+impl CacheWriter {
+    /// Writes everything queued, then stops; bounded by `grace`.
+    pub async fn flush(self, grace: Duration) {
+        self.stop.notify_one();
+        if tokio::time::timeout(grace, self.task).await.is_err() {
+            tracing::warn!("cache writes still pending at the end of the shutdown grace");
+        }
+    }
+}

@@ -1,0 +1,3 @@
+//! Resilience mechanisms shared by the tiers.
+
+pub mod retry;

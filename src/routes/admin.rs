@@ -1,0 +1,91 @@
+//! Operator endpoints behind `Authorization: Bearer <ADMIN_TOKEN>`: invalidate a cached
+//! answer, reload the canned answers. With no token configured they do not exist (404).
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Json, Response};
+use secrecy::ExposeSecret;
+use subtle::ConstantTimeEq;
+
+use crate::app::AppState;
+use crate::error::ApiError;
+use crate::pipeline::normalize::normalize;
+
+fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(token) = &state.config.admin_token else {
+        return Err(ApiError::not_found());
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if bool::from(given.as_bytes().ct_eq(token.expose_secret().as_bytes())) {
+        Ok(())
+    } else {
+        Err(ApiError::unauthorized())
+    }
+}
+
+fn refuse(state: &AppState, e: ApiError) -> Response {
+    state.reject(e.code);
+    e.into_response()
+}
+
+pub async fn delete_cache(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Err(e) = authorize(&state, &headers) {
+        return refuse(&state, e);
+    }
+    #[derive(serde::Deserialize)]
+    struct Req {
+        question: String,
+    }
+    let req: Req = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(_) => {
+            return refuse(
+                &state,
+                ApiError::invalid_json(
+                    "body must be a JSON object with a string field \"question\"",
+                ),
+            );
+        }
+    };
+    let key = state.pipeline.cache.key(&normalize(&req.question));
+    match state.pipeline.cache.delete(&key).await {
+        Ok(deleted) => {
+            tracing::info!(deleted, "admin: cached answer invalidated");
+            Json(serde_json::json!({"deleted": deleted})).into_response()
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "admin: cache invalidation failed");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "redis_unavailable",
+                format!("could not reach Redis to delete the answer: {e}"),
+            )
+            .into_response()
+        }
+    }
+}
+
+pub async fn reload_canned(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Err(e) = authorize(&state, &headers) {
+        return refuse(&state, e);
+    }
+    match state.pipeline.canned.reload() {
+        Ok(n) => {
+            tracing::info!(answers = n, "admin: canned answers reloaded");
+            Json(serde_json::json!({"answers": n})).into_response()
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "admin: canned answers reload refused; old answers kept");
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_canned_file", e)
+                .into_response()
+        }
+    }
+}

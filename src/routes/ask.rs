@@ -1,0 +1,153 @@
+//! `POST /ask`: checks the request in the contract's order (size, content type, JSON,
+//! question), then runs the pipeline in a task of its own, so that a client that goes
+//! away does not cancel a model call whose answer will be cached, and a panic in the
+//! pipeline still ends in an answer.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Extension;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Json, Response};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde::{Deserialize, Serialize};
+
+use crate::app::AppState;
+use crate::error::ApiError;
+use crate::middleware::RequestId;
+use crate::pipeline::{Answer, DEFAULT_REPLY, Source};
+
+#[derive(Deserialize)]
+struct AskRequest {
+    question: String,
+}
+
+#[derive(Serialize)]
+struct AskResponse<'a> {
+    answer: &'a str,
+    source: &'static str,
+    model: Option<&'a str>,
+    degraded: bool,
+    latency_ms: f64,
+    request_id: &'a str,
+}
+
+pub async fn ask(
+    State(state): State<AppState>,
+    Extension(RequestId(request_id)): Extension<RequestId>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let started = Instant::now();
+    let question = match read_question(&state, &headers, body).await {
+        Ok(q) => q,
+        Err(e) => {
+            state.reject(e.code);
+            return e.into_response();
+        }
+    };
+
+    let pipeline = state.pipeline.clone();
+    let span = tracing::Span::current();
+    let task = tokio::spawn(async move {
+        use tracing::Instrument;
+        pipeline.answer(&question).instrument(span).await
+    });
+    let answer = match task.await {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!(error = %e, "pipeline task failed; answering with the default reply");
+            Answer {
+                text: Arc::from(DEFAULT_REPLY),
+                source: Source::Default,
+                model: None,
+            }
+        }
+    };
+
+    let elapsed = started.elapsed();
+    state.record_answer(answer.source, elapsed);
+    tracing::info!(
+        source = answer.source.as_str(),
+        model = answer.model.as_deref(),
+        latency_ms = elapsed.as_secs_f64() * 1000.0,
+        "answered"
+    );
+    Json(AskResponse {
+        answer: &answer.text,
+        source: answer.source.as_str(),
+        model: answer.model.as_deref(),
+        degraded: answer.source.degraded(),
+        latency_ms: (elapsed.as_secs_f64() * 1_000_000.0).round() / 1000.0,
+        request_id: &request_id,
+    })
+    .into_response()
+}
+
+async fn read_question(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<String, ApiError> {
+    let limits = &state.config.limits;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limits.max_body_bytes as u64) {
+        return Err(ApiError::payload_too_large(limits.max_body_bytes));
+    }
+    let bytes = match Limited::new(body, limits.max_body_bytes).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            return Err(ApiError::payload_too_large(limits.max_body_bytes));
+        }
+        Err(e) => {
+            return Err(ApiError::invalid_json(format!(
+                "could not read the request body: {e}"
+            )));
+        }
+    };
+    if !is_json(headers) {
+        return Err(ApiError::unsupported_media_type());
+    }
+    let req: AskRequest = serde_json::from_slice(&bytes).map_err(|e| {
+        if e.is_data() {
+            ApiError::invalid_json("body must be a JSON object with a string field \"question\"")
+        } else {
+            ApiError::invalid_json(format!("body is not valid JSON: {e}"))
+        }
+    })?;
+    let question = req.question.trim();
+    if question.is_empty() {
+        return Err(ApiError::invalid_question("question is empty"));
+    }
+    let chars = question.chars().count();
+    if chars > limits.max_question_chars {
+        return Err(ApiError::invalid_question(format!(
+            "question is {chars} characters long; the limit is {}",
+            limits.max_question_chars
+        )));
+    }
+    Ok(question.to_string())
+}
+
+/// `application/json`, with or without parameters, or any `+json` type.
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}

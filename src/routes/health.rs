@@ -1,0 +1,45 @@
+//! `GET /healthz` (the process runs) and `GET /readyz` (what it depends on, and whether
+//! it is draining).
+
+use std::sync::atomic::Ordering;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Json, Response};
+
+use crate::app::AppState;
+
+pub async fn healthz() -> Response {
+    Json(serde_json::json!({"status": "ok"})).into_response()
+}
+
+pub async fn readyz(State(state): State<AppState>) -> Response {
+    let redis_up = state.pipeline.cache.redis_is_up();
+    let tier_state = |i: usize| match state.pipeline.tiers.get(i) {
+        Some(slot) if slot.is_configured() => "closed",
+        _ => "not_configured",
+    };
+    let (primary, secondary) = (tier_state(0), tier_state(1));
+    let draining = state.draining.load(Ordering::Relaxed);
+    let status = if draining {
+        "draining"
+    } else if redis_up && primary == "closed" {
+        "ready"
+    } else {
+        "degraded"
+    };
+    let body = Json(serde_json::json!({
+        "status": status,
+        "checks": {
+            "redis": if redis_up { "up" } else { "down" },
+            "primary": primary,
+            "secondary": secondary,
+        }
+    }));
+    let code = if draining {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    (code, body).into_response()
+}

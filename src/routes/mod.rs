@@ -1,0 +1,6 @@
+//! The HTTP endpoints, one file per group.
+
+pub mod admin;
+pub mod ask;
+pub mod health;
+pub mod metrics;

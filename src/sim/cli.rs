@@ -1,0 +1,250 @@
+//! Command line of the `upstream-sim` binary, kept in the library so the
+//! binary stays a one-liner and the parsing is testable.
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use tokio::net::TcpListener;
+
+use super::SimServer;
+use super::model::{Outcome, SimConfig, parse_mix};
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9090";
+
+pub const USAGE: &str = "\
+upstream-sim: an OpenAI-compatible chat-completions server whose failures are simulated
+
+USAGE:
+    upstream-sim [OPTIONS]
+
+OPTIONS:
+    --listen ADDR          IP:PORT to listen on (default 127.0.0.1:9090, env SIM_LISTEN)
+    --config FILE          TOML configuration (seed, [default], [models.\"NAME\"])
+    --latency-ms N         default behaviour: fixed latency in milliseconds
+    --jitter-ms N          default behaviour: extra random latency 0..=N ms
+    --seed N               seed of the random outcome draws
+    --mix SPEC             default behaviour: failure mix, e.g. 503=0.5,hang=0.1
+                           (outcomes: ok hang reset malformed empty null_content
+                           no_choices or a status 400..=599; the rest is ok)
+    --retry-after-secs N   default behaviour: Retry-After on 429/503 responses
+    --script LIST          default behaviour: outcomes played first, e.g. 503,503,ok
+    -h, --help             print this help
+
+Command-line values override the configuration file.
+Control API: GET /control, GET /control/calls, PUT /control/models/{model},
+PUT /control/default, POST /control/reset.
+";
+
+/// Everything the binary needs to run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CliOptions {
+    pub listen: SocketAddr,
+    pub config: SimConfig,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum CliCommand {
+    Run(CliOptions),
+    Help,
+}
+
+fn number<T: std::str::FromStr>(flag: &str, value: &str) -> Result<T, String> {
+    value
+        .trim()
+        .parse()
+        .map_err(|_| format!("{flag}: {value:?} is not a non-negative integer"))
+}
+
+/// Parses the arguments (without the program name). `env_listen` is the
+/// value of `SIM_LISTEN`, used when `--listen` is absent. Reads the
+/// `--config` file.
+pub fn parse_args<I>(args: I, env_listen: Option<String>) -> Result<CliCommand, String>
+where
+    I: IntoIterator<Item = String>,
+{
+    let mut listen = None;
+    let mut config_path: Option<PathBuf> = None;
+    let mut latency_ms = None;
+    let mut jitter_ms = None;
+    let mut seed = None;
+    let mut mix = None;
+    let mut retry_after_secs = None;
+    let mut script = None;
+
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        if arg == "-h" || arg == "--help" {
+            return Ok(CliCommand::Help);
+        }
+        // Both `--flag value` and `--flag=value`.
+        let (flag, inline) = match arg.split_once('=') {
+            Some((flag, value)) if flag.starts_with("--") => {
+                (flag.to_owned(), Some(value.to_owned()))
+            }
+            _ => (arg.clone(), None),
+        };
+        let known = [
+            "--listen",
+            "--config",
+            "--latency-ms",
+            "--jitter-ms",
+            "--seed",
+            "--mix",
+            "--retry-after-secs",
+            "--script",
+        ];
+        if !known.contains(&flag.as_str()) {
+            return Err(format!("unknown argument {arg:?} (see --help)"));
+        }
+        let value = match inline {
+            Some(value) => value,
+            None => args
+                .next()
+                .ok_or_else(|| format!("{flag} needs a value (see --help)"))?,
+        };
+        match flag.as_str() {
+            "--listen" => listen = Some(value),
+            "--config" => config_path = Some(PathBuf::from(value)),
+            "--latency-ms" => latency_ms = Some(number::<u64>(&flag, &value)?),
+            "--jitter-ms" => jitter_ms = Some(number::<u64>(&flag, &value)?),
+            "--seed" => seed = Some(number::<u64>(&flag, &value)?),
+            "--retry-after-secs" => retry_after_secs = Some(number::<u64>(&flag, &value)?),
+            "--mix" => mix = Some(parse_mix(&value).map_err(|e| format!("--mix: {e}"))?),
+            "--script" => {
+                let outcomes = value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::parse::<Outcome>)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| format!("--script: {e}"))?;
+                script = Some(outcomes);
+            }
+            _ => return Err(format!("unknown argument {arg:?} (see --help)")),
+        }
+    }
+
+    let listen_text = listen
+        .or(env_listen.filter(|s| !s.trim().is_empty()))
+        .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+    let listen: SocketAddr = listen_text
+        .trim()
+        .parse()
+        .map_err(|_| format!("listen address {listen_text:?} is not IP:PORT"))?;
+
+    let mut config = match config_path {
+        Some(path) => {
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
+            SimConfig::from_toml_str(&text)
+                .map_err(|e| format!("bad config {}: {e}", path.display()))?
+        }
+        None => SimConfig::default(),
+    };
+    if let Some(v) = latency_ms {
+        config.default.latency_ms = v;
+    }
+    if let Some(v) = jitter_ms {
+        config.default.jitter_ms = v;
+    }
+    if let Some(v) = seed {
+        config.seed = v;
+    }
+    if let Some(v) = mix {
+        config.default.mix = v;
+    }
+    if let Some(v) = retry_after_secs {
+        config.default.retry_after_secs = Some(v);
+    }
+    if let Some(v) = script {
+        config.default.script = v;
+    }
+    config.validate()?;
+    Ok(CliCommand::Run(CliOptions { listen, config }))
+}
+
+/// Entry point of the binary: parses `args` (without the program name),
+/// serves until SIGINT/SIGTERM, and returns the process exit code (2 for bad
+/// usage or configuration, 1 if the address cannot be bound).
+pub async fn main(args: Vec<OsString>) -> ExitCode {
+    let args = match args
+        .into_iter()
+        .map(|a| {
+            a.into_string()
+                .map_err(|a| format!("argument {a:?} is not UTF-8"))
+        })
+        .collect::<Result<Vec<String>, String>>()
+    {
+        Ok(args) => args,
+        Err(e) => return usage_error(&e),
+    };
+    let options = match parse_args(args, std::env::var("SIM_LISTEN").ok()) {
+        Ok(CliCommand::Help) => {
+            print!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Ok(CliCommand::Run(options)) => options,
+        Err(e) => return usage_error(&e),
+    };
+
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Ignored error: a subscriber may already be installed (e.g. in tests).
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+        .try_init();
+
+    let listener = match TcpListener::bind(options.listen).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            eprintln!("upstream-sim: cannot listen on {}: {e}", options.listen);
+            return ExitCode::FAILURE;
+        }
+    };
+    let seed = options.config.seed;
+    let server = match SimServer::start(listener, options.config).await {
+        Ok(server) => server,
+        Err(e) => return usage_error(&e.to_string()),
+    };
+    tracing::info!(
+        "upstream-sim listening on {} (seed {seed}); every failure it returns is SIMULATED fault injection, not a real provider error",
+        server.base_url()
+    );
+    shutdown_signal().await;
+    tracing::info!("upstream-sim shutting down");
+    server.shutdown().await;
+    ExitCode::SUCCESS
+}
+
+fn usage_error(message: &str) -> ExitCode {
+    eprintln!("upstream-sim: {message}");
+    eprintln!("run `upstream-sim --help` for usage");
+    ExitCode::from(2)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            // Without a handler, only SIGTERM can stop us; don't exit at once.
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}

@@ -1,0 +1,329 @@
+//! The HTTP surface: the OpenAI-compatible wire API and the control API.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Extension, Path, State};
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use super::model::{Behavior, Outcome};
+use super::state::{Decision, SimState};
+
+/// Long enough that only the client's timeout (or shutdown) ends a hang.
+const HANG: Duration = Duration::from_secs(3600);
+
+/// State shared by every connection of one simulator.
+pub(crate) struct Shared {
+    pub sim: SimState,
+    /// Flipped to `true` once, by `SimServer::shutdown`.
+    pub shutdown: watch::Sender<bool>,
+    next_id: AtomicU64,
+}
+
+impl Shared {
+    pub fn new(sim: SimState) -> Shared {
+        Shared {
+            sim,
+            shutdown: watch::Sender::new(false),
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    /// Resolves once shutdown has begun.
+    pub async fn stopped(&self) {
+        let mut shutdown = self.shutdown.subscribe();
+        // Dropped at once: the guard `wait_for` returns is not `Send`. An
+        // error (sender gone) cannot happen while `self` is alive.
+        let _ = shutdown.wait_for(|stopped| *stopped).await;
+    }
+
+    /// Sleeps for `delay`; returns false if the simulator shut down first.
+    async fn sleep_unless_shutdown(&self, delay: Duration) -> bool {
+        if delay.is_zero() {
+            return true;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(delay) => true,
+            () = self.stopped() => false,
+        }
+    }
+}
+
+/// Per-connection handle, put into every request's extensions by the
+/// connection loop: setting the flag makes the connection's next write fail
+/// and the socket close with RST (see `conn::ResettableStream`).
+#[derive(Clone)]
+pub(crate) struct ConnReset(pub Arc<AtomicBool>);
+
+impl ConnReset {
+    fn reset(&self) -> Response {
+        self.0.store(true, Ordering::SeqCst);
+        // Never reaches the client: writing it is what triggers the reset.
+        StatusCode::INTERNAL_SERVER_ERROR.into_response()
+    }
+}
+
+pub(crate) fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/models", get(list_models))
+        .route("/control", get(control_snapshot))
+        .route("/control/calls", get(control_calls))
+        .route("/control/default", put(control_set_default))
+        // Wildcard so model names with slashes (`org/model`) can be addressed.
+        .route("/control/models/{*model}", put(control_set_model))
+        .route("/control/reset", post(control_reset))
+        .fallback(not_found)
+        .with_state(shared)
+}
+
+fn error_type(status: u16) -> &'static str {
+    match status {
+        400 | 422 => "invalid_request_error",
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        429 => "rate_limit_error",
+        500..=599 => "server_error",
+        _ => "api_error",
+    }
+}
+
+fn error_response(status: StatusCode, message: impl Into<String>) -> Response {
+    let body = json!({
+        "error": {
+            "message": message.into(),
+            "type": error_type(status.as_u16()),
+            "code": null,
+        }
+    });
+    (status, Json(body)).into_response()
+}
+
+async fn not_found() -> Response {
+    error_response(StatusCode::NOT_FOUND, "no such endpoint on upstream-sim")
+}
+
+/// Text of the last `user` message; multi-part content contributes its text
+/// parts.
+fn last_user_content(body: &Value) -> String {
+    let Some(messages) = body.get("messages").and_then(Value::as_array) else {
+        return String::new();
+    };
+    messages
+        .iter()
+        .rev()
+        .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
+        .map(|m| content_text(m.get("content")))
+        .unwrap_or_default()
+}
+
+fn content_text(content: Option<&Value>) -> String {
+    match content {
+        Some(Value::String(text)) => text.clone(),
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect::<Vec<_>>()
+            .join(" "),
+        _ => String::new(),
+    }
+}
+
+/// A rough token estimate (about four characters per token) so `usage`
+/// looks plausible; nothing should depend on its exact value.
+fn estimate_tokens(text_len: usize) -> u64 {
+    u64::try_from(text_len.div_ceil(4)).unwrap_or(u64::MAX)
+}
+
+fn prompt_len(body: &Value) -> usize {
+    body.get("messages")
+        .and_then(Value::as_array)
+        .map_or(0, |messages| {
+            messages
+                .iter()
+                .map(|m| content_text(m.get("content")).len())
+                .sum()
+        })
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+async fn chat_completions(
+    State(shared): State<Arc<Shared>>,
+    Extension(conn): Extension<ConnReset>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let request: Value = match serde_json::from_slice(&body) {
+        Ok(value) => value,
+        Err(e) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                format!("We could not parse the JSON body of your request: {e}"),
+            );
+        }
+    };
+    let Some(model) = request
+        .get("model")
+        .and_then(Value::as_str)
+        .filter(|m| !m.is_empty())
+        .map(str::to_owned)
+    else {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "you must provide a model parameter (a non-empty string)",
+        );
+    };
+    let authorization = headers
+        .get(AUTHORIZATION)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    let question = last_user_content(&request);
+    let prompt_tokens = estimate_tokens(prompt_len(&request));
+
+    let decision = shared.sim.record_call(&model, request, authorization);
+    tracing::debug!(%model, outcome = %decision.outcome, delay_ms = decision.delay.as_millis(), "simulated call");
+
+    if !shared.sleep_unless_shutdown(decision.delay).await {
+        return conn.reset();
+    }
+    let content = match decision.outcome {
+        Outcome::Ok => Some(format!("[{model}] simulated answer to: {question}")),
+        Outcome::Empty => Some(String::new()),
+        Outcome::NullContent => None,
+        Outcome::NoChoices => {
+            return completion(&shared, &model, prompt_tokens, None, false);
+        }
+        Outcome::Status(code) => return status_response(code, &decision),
+        Outcome::Hang => {
+            shared.sleep_unless_shutdown(HANG).await;
+            return conn.reset();
+        }
+        Outcome::Reset => return conn.reset(),
+        Outcome::Malformed => {
+            return (
+                StatusCode::OK,
+                [(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+                Body::from(r#"{"choices": ["#),
+            )
+                .into_response();
+        }
+    };
+    completion(&shared, &model, prompt_tokens, content, true)
+}
+
+fn completion(
+    shared: &Shared,
+    model: &str,
+    prompt_tokens: u64,
+    content: Option<String>,
+    with_choice: bool,
+) -> Response {
+    let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+    let completion_tokens = estimate_tokens(content.as_deref().map_or(0, str::len));
+    let choices = if with_choice {
+        json!([{
+            "index": 0,
+            "message": { "role": "assistant", "content": content },
+            "finish_reason": "stop",
+        }])
+    } else {
+        json!([])
+    };
+    let body = json!({
+        "id": format!("chatcmpl-sim-{id}"),
+        "object": "chat.completion",
+        "created": unix_now(),
+        "model": model,
+        "choices": choices,
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    });
+    Json(body).into_response()
+}
+
+fn status_response(code: u16, decision: &Decision) -> Response {
+    // Out-of-range codes only arrive through unvalidated `set_behavior`;
+    // answer 500 rather than fail.
+    let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = error_response(status, format!("simulated {}", status.as_u16()));
+    if let (Some(secs), 429 | 503) = (decision.retry_after_secs, status.as_u16()) {
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(secs));
+    }
+    response
+}
+
+async fn list_models(State(shared): State<Arc<Shared>>) -> Response {
+    let data: Vec<Value> = shared
+        .sim
+        .listed_models()
+        .into_iter()
+        .map(|id| json!({ "id": id, "object": "model", "owned_by": "upstream-sim" }))
+        .collect();
+    Json(json!({ "object": "list", "data": data })).into_response()
+}
+
+async fn control_snapshot(State(shared): State<Arc<Shared>>) -> Response {
+    Json(shared.sim.snapshot()).into_response()
+}
+
+async fn control_calls(State(shared): State<Arc<Shared>>) -> Response {
+    Json(shared.sim.call_counts()).into_response()
+}
+
+fn parse_behavior(body: &[u8]) -> Result<Behavior, String> {
+    let behavior: Behavior =
+        serde_json::from_slice(body).map_err(|e| format!("invalid behavior JSON: {e}"))?;
+    behavior
+        .validate()
+        .map_err(|e| format!("invalid behavior: {e}"))?;
+    Ok(behavior)
+}
+
+async fn control_set_model(
+    State(shared): State<Arc<Shared>>,
+    Path(model): Path<String>,
+    body: Bytes,
+) -> Response {
+    match parse_behavior(&body) {
+        Ok(behavior) => {
+            tracing::info!(%model, ?behavior, "behaviour replaced via control API");
+            Json(shared.sim.set_behavior(&model, behavior)).into_response()
+        }
+        Err(message) => error_response(StatusCode::BAD_REQUEST, message),
+    }
+}
+
+async fn control_set_default(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    match parse_behavior(&body) {
+        Ok(behavior) => {
+            tracing::info!(?behavior, "default behaviour replaced via control API");
+            shared.sim.set_default(behavior);
+            Json(shared.sim.snapshot()).into_response()
+        }
+        Err(message) => error_response(StatusCode::BAD_REQUEST, message),
+    }
+}
+
+async fn control_reset(State(shared): State<Arc<Shared>>) -> Response {
+    tracing::info!("simulator reset to start-up configuration via control API");
+    shared.sim.reset();
+    Json(shared.sim.snapshot()).into_response()
+}

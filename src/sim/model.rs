@@ -1,0 +1,272 @@
+//! Configuration vocabulary of the simulator: what a call may turn into
+//! ([`Outcome`]), how a model behaves ([`Behavior`]) and the whole start-up
+//! configuration ([`SimConfig`]).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::de::{self, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// What one chat-completion call turns into.
+///
+/// On the wire (JSON, TOML, CLI) an outcome is a string: `"ok"`, `"hang"`,
+/// `"reset"`, `"malformed"`, `"empty"`, `"null_content"`, `"no_choices"`, or an
+/// HTTP status code in `400..=599` such as `"429"` or `"503"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Outcome {
+    /// 200 with a well-formed completion.
+    Ok,
+    /// That HTTP status with an OpenAI-style error body.
+    Status(u16),
+    /// Never answers; only the client's timeout ends the call.
+    Hang,
+    /// The TCP connection is reset (RST) without any HTTP response.
+    Reset,
+    /// 200 `application/json` whose body is not valid JSON.
+    Malformed,
+    /// A well-formed completion whose content is `""`.
+    Empty,
+    /// A completion whose content is `null`.
+    NullContent,
+    /// A completion with `"choices": []`.
+    NoChoices,
+}
+
+/// Status codes an [`Outcome::Status`] may carry: only errors make sense,
+/// since success is [`Outcome::Ok`].
+pub const STATUS_RANGE: std::ops::RangeInclusive<u16> = 400..=599;
+
+impl Outcome {
+    fn check(self) -> Result<(), String> {
+        match self {
+            Outcome::Status(code) if !STATUS_RANGE.contains(&code) => Err(format!(
+                "outcome status {code} is outside {}..={}",
+                STATUS_RANGE.start(),
+                STATUS_RANGE.end()
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outcome::Ok => f.write_str("ok"),
+            Outcome::Status(code) => write!(f, "{code}"),
+            Outcome::Hang => f.write_str("hang"),
+            Outcome::Reset => f.write_str("reset"),
+            Outcome::Malformed => f.write_str("malformed"),
+            Outcome::Empty => f.write_str("empty"),
+            Outcome::NullContent => f.write_str("null_content"),
+            Outcome::NoChoices => f.write_str("no_choices"),
+        }
+    }
+}
+
+/// Why a string is not an [`Outcome`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParseOutcomeError(String);
+
+impl fmt::Display for ParseOutcomeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "unknown outcome {:?}: expected one of ok, hang, reset, malformed, empty, \
+             null_content, no_choices, or an HTTP status code 400..=599 such as \"503\"",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for ParseOutcomeError {}
+
+impl FromStr for Outcome {
+    type Err = ParseOutcomeError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let outcome = match s.trim() {
+            "ok" => Outcome::Ok,
+            "hang" => Outcome::Hang,
+            "reset" => Outcome::Reset,
+            "malformed" => Outcome::Malformed,
+            "empty" => Outcome::Empty,
+            "null_content" => Outcome::NullContent,
+            "no_choices" => Outcome::NoChoices,
+            other => match other.parse::<u16>() {
+                Ok(code) if STATUS_RANGE.contains(&code) => Outcome::Status(code),
+                _ => return Err(ParseOutcomeError(s.to_owned())),
+            },
+        };
+        Ok(outcome)
+    }
+}
+
+impl Serialize for Outcome {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        // Always a string, so outcomes can be map keys in JSON and TOML.
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Outcome {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct OutcomeVisitor;
+
+        impl Visitor<'_> for OutcomeVisitor {
+            type Value = Outcome;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(
+                    "an outcome: \"ok\", \"hang\", \"reset\", \"malformed\", \"empty\", \
+                     \"null_content\", \"no_choices\" or a status code 400..=599",
+                )
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Outcome, E> {
+                v.parse().map_err(E::custom)
+            }
+
+            // A bare number (`script = [503, "ok"]` in TOML) is accepted as a
+            // status code because that is what an operator means by it.
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Outcome, E> {
+                self.visit_str(&v.to_string())
+            }
+
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Outcome, E> {
+                self.visit_str(&v.to_string())
+            }
+        }
+
+        deserializer.deserialize_any(OutcomeVisitor)
+    }
+}
+
+/// How a model answers.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Behavior {
+    /// Fixed delay before answering (also before an error, reset or hang).
+    pub latency_ms: u64,
+    /// Extra delay drawn uniformly from `0..=jitter_ms`.
+    pub jitter_ms: u64,
+    /// Probability of each failure outcome per call; the remainder is `ok`.
+    pub mix: BTreeMap<Outcome, f64>,
+    /// When set, 429 and 503 responses carry `Retry-After: N`.
+    pub retry_after_secs: Option<u64>,
+    /// Consumed first, one outcome per call, in order, before the mix applies.
+    pub script: Vec<Outcome>,
+}
+
+impl Behavior {
+    /// A behaviour that always answers with `outcome`, with no delay.
+    pub fn always(outcome: Outcome) -> Behavior {
+        Behavior {
+            mix: BTreeMap::from([(outcome, 1.0)]),
+            ..Behavior::default()
+        }
+    }
+
+    /// A behaviour that plays `script` and then answers `ok`.
+    pub fn scripted(script: impl IntoIterator<Item = Outcome>) -> Behavior {
+        Behavior {
+            script: script.into_iter().collect(),
+            ..Behavior::default()
+        }
+    }
+
+    /// Checks that the mix is a probability distribution (each share in
+    /// `0..=1`, total at most 1) and that status outcomes are in `400..=599`.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut total = 0.0;
+        for (outcome, &p) in &self.mix {
+            outcome.check().map_err(|e| format!("mix: {e}"))?;
+            if !p.is_finite() || !(0.0..=1.0).contains(&p) {
+                return Err(format!(
+                    "mix: probability of \"{outcome}\" is {p}, expected a number in 0..=1"
+                ));
+            }
+            total += p;
+        }
+        // A little slack so that e.g. 0.7 + 0.2 + 0.1 is not rejected for rounding.
+        if total > 1.0 + 1e-9 {
+            return Err(format!(
+                "mix: probabilities sum to {total}, expected at most 1 (the remainder is ok)"
+            ));
+        }
+        for (i, outcome) in self.script.iter().enumerate() {
+            outcome.check().map_err(|e| format!("script[{i}]: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+/// Start-up configuration of a simulator.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SimConfig {
+    /// Behaviour of any model not listed in `models`.
+    pub default: Behavior,
+    /// Per-model behaviour, keyed by the `model` field of the request. It
+    /// replaces the default wholesale (no field is inherited), so a model's
+    /// behaviour reads the same in the config as in `GET /control`.
+    pub models: BTreeMap<String, Behavior>,
+    /// Seed of the per-model random generators (mix and jitter draws).
+    pub seed: u64,
+}
+
+impl SimConfig {
+    /// Parses a TOML configuration, e.g.
+    ///
+    /// ```toml
+    /// seed = 7
+    /// [default]
+    /// latency_ms = 50
+    /// [models."gpt-4o"]
+    /// mix = { "503" = 0.5 }
+    /// ```
+    pub fn from_toml_str(text: &str) -> Result<SimConfig, String> {
+        let config: SimConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Validates every behaviour; the error names the one at fault.
+    pub fn validate(&self) -> Result<(), String> {
+        self.default
+            .validate()
+            .map_err(|e| format!("default behaviour: {e}"))?;
+        for (model, behavior) in &self.models {
+            behavior
+                .validate()
+                .map_err(|e| format!("model {model:?}: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+/// Parses a mix spec such as `503=0.5,hang=0.1` (the CLI's `--mix`).
+pub fn parse_mix(spec: &str) -> Result<BTreeMap<Outcome, f64>, String> {
+    let mut mix = BTreeMap::new();
+    for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (name, share) = part
+            .split_once('=')
+            .ok_or_else(|| format!("mix entry {part:?} is not OUTCOME=PROBABILITY"))?;
+        let outcome: Outcome = name.parse().map_err(|e: ParseOutcomeError| e.to_string())?;
+        let share: f64 = share
+            .trim()
+            .parse()
+            .map_err(|_| format!("mix entry {part:?}: {share:?} is not a number"))?;
+        if mix.insert(outcome, share).is_some() {
+            return Err(format!("mix names {outcome} twice"));
+        }
+    }
+    let behavior = Behavior {
+        mix,
+        ..Behavior::default()
+    };
+    behavior.validate()?;
+    Ok(behavior.mix)
+}

@@ -1,0 +1,217 @@
+//! Telemetry: the tracing subscriber and the Prometheus registry with every metric
+//! handle. Metrics are registered once, at start, with help text; their labels come from
+//! closed enums, and every label combination is created up front so each family shows in
+//! the exposition from the first scrape.
+
+use prometheus::{
+    Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{LogConfig, LogFormat};
+use crate::pipeline::model::ErrorKind;
+use crate::pipeline::{FallbackReason, Source, Tier};
+
+/// Installs the global tracing subscriber (JSON lines or human-readable).
+pub fn init_tracing(log: &LogConfig) {
+    let filter = EnvFilter::try_new(&log.filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stdout);
+    // A second initialisation (tests building several apps) is harmless: keep the first.
+    let _ = match log.format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
+        LogFormat::Pretty => builder.try_init(),
+    };
+}
+
+/// Rejection codes, the `code` label of `qa_rejected_total`.
+pub const REJECTION_CODES: &[&str] = &[
+    "invalid_json",
+    "payload_too_large",
+    "unsupported_media_type",
+    "invalid_question",
+    "overloaded",
+    "not_found",
+    "method_not_allowed",
+    "unauthorized",
+];
+
+pub const CACHE_LAYERS: &[&str] = &["memory", "redis"];
+pub const CACHE_RESULTS: &[&str] = &["hit", "miss", "stale", "error"];
+pub const CACHE_WRITE_RESULTS: &[&str] = &["ok", "retried", "error", "dropped"];
+
+/// Every metric handle of the service.
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub rejected: IntCounterVec,
+    pub cache_lookups: IntCounterVec,
+    pub cache_writes: IntCounterVec,
+    pub upstream_attempts: IntCounterVec,
+    pub upstream_duration: HistogramVec,
+    pub fallbacks: IntCounterVec,
+    pub success_ratio: Gauge,
+    pub cache_hit_ratio: Gauge,
+    pub fallback_ratio: Gauge,
+    pub error_ratio: Gauge,
+    pub redis_up: Gauge,
+    pub build_info: IntGaugeVec,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0,
+    30.0,
+];
+
+impl Metrics {
+    /// Builds the registry. `models` are the `(tier, model)` pairs configured, the only
+    /// values the `model` label takes.
+    pub fn new(models: &[(Tier, String)]) -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new();
+        let counter =
+            |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
+                let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(c.clone()))?;
+                Ok(c)
+            };
+        let histogram =
+            |name: &str, help: &str, labels: &[&str]| -> Result<HistogramVec, prometheus::Error> {
+                let h = HistogramVec::new(
+                    HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+                    labels,
+                )?;
+                registry.register(Box::new(h.clone()))?;
+                Ok(h)
+            };
+        let gauge = |name: &str, help: &str| -> Result<Gauge, prometheus::Error> {
+            let g = Gauge::new(name, help)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+
+        let m = Metrics {
+            requests: counter(
+                "qa_requests_total",
+                "Answers given by /ask, by the tier that gave them.",
+                &["source"],
+            )?,
+            request_duration: histogram(
+                "qa_request_duration_seconds",
+                "Time spent answering one /ask, by the tier that answered.",
+                &["source"],
+            )?,
+            rejected: counter(
+                "qa_rejected_total",
+                "Requests refused with an error, by error code.",
+                &["code"],
+            )?,
+            cache_lookups: counter(
+                "qa_cache_lookups_total",
+                "Cache lookups by layer and result.",
+                &["layer", "result"],
+            )?,
+            cache_writes: counter(
+                "qa_cache_writes_total",
+                "Writes of answers to Redis, by result (retried: succeeded after a failure; dropped: given up).",
+                &["result"],
+            )?,
+            upstream_attempts: counter(
+                "qa_upstream_attempts_total",
+                "Model calls by tier, model and outcome.",
+                &["tier", "model", "outcome"],
+            )?,
+            upstream_duration: histogram(
+                "qa_upstream_duration_seconds",
+                "Duration of one model call, by tier.",
+                &["tier"],
+            )?,
+            fallbacks: counter(
+                "qa_fallbacks_total",
+                "Times a model tier gave no answer and the next tier was tried, by tier and reason.",
+                &["from", "reason"],
+            )?,
+            success_ratio: gauge(
+                "qa_success_ratio",
+                "Share of answers in the window not from the default reply.",
+            )?,
+            cache_hit_ratio: gauge(
+                "qa_cache_hit_ratio",
+                "Share of answers in the window served from a fresh cache entry.",
+            )?,
+            fallback_ratio: gauge(
+                "qa_fallback_ratio",
+                "Share of answers in the window from secondary, canned, stale or default.",
+            )?,
+            error_ratio: gauge(
+                "qa_error_ratio",
+                "Share of answers in the window that were the default reply.",
+            )?,
+            redis_up: gauge(
+                "qa_redis_up",
+                "1 when the last Redis check succeeded, else 0.",
+            )?,
+            build_info: {
+                let g = IntGaugeVec::new(
+                    Opts::new("qa_build_info", "Build information; the value is always 1."),
+                    &["version"],
+                )?;
+                registry.register(Box::new(g.clone()))?;
+                g
+            },
+            registry,
+        };
+        #[cfg(target_os = "linux")]
+        m.registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
+
+        m.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        for source in Source::ALL {
+            m.requests.with_label_values(&[source.as_str()]);
+            m.request_duration.with_label_values(&[source.as_str()]);
+        }
+        for code in REJECTION_CODES {
+            m.rejected.with_label_values(&[code]);
+        }
+        for layer in CACHE_LAYERS {
+            for result in CACHE_RESULTS {
+                m.cache_lookups.with_label_values(&[layer, result]);
+            }
+        }
+        for result in CACHE_WRITE_RESULTS {
+            m.cache_writes.with_label_values(&[result]);
+        }
+        for (tier, model) in models {
+            m.upstream_duration.with_label_values(&[tier.as_str()]);
+            for kind in ErrorKind::ALL {
+                m.upstream_attempts
+                    .with_label_values(&[tier.as_str(), model, kind.as_str()]);
+            }
+            m.upstream_attempts
+                .with_label_values(&[tier.as_str(), model, "success"]);
+            for reason in FallbackReason::ALL {
+                m.fallbacks
+                    .with_label_values(&[tier.as_str(), reason.as_str()]);
+            }
+        }
+        m.success_ratio.set(1.0);
+        Ok(m)
+    }
+
+    /// The text exposition of every family.
+    pub fn render(&self) -> String {
+        TextEncoder::new()
+            .encode_to_string(&self.registry.gather())
+            .unwrap_or_else(|e| format!("# metrics encoding failed: {e}\n"))
+    }
+}

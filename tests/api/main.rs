@@ -1,0 +1,16 @@
+//! Black-box tests of the service over HTTP, against a real `redis-server` and the
+//! simulator. One binary, one module per area.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+// mod admin;
+mod ask;
+// mod cache;
+// mod deadline;
+mod errors;
+mod helpers;
+// mod metrics;
+// mod process;
+// mod redis_outage;
+// mod retries;
+// mod seed_experiment;

@@ -1,0 +1,751 @@
+//! Behaviour of the fault-injecting upstream simulator, over real HTTP.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use resilient_qa::sim::cli::{CliCommand, parse_args};
+use resilient_qa::sim::{Behavior, ControlSnapshot, Outcome, SimConfig, SimServer, parse_mix};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+async fn start(config: SimConfig) -> SimServer {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    SimServer::start(listener, config).await.unwrap()
+}
+
+fn with_model(model: &str, behavior: Behavior) -> SimConfig {
+    SimConfig {
+        models: BTreeMap::from([(model.to_owned(), behavior)]),
+        ..SimConfig::default()
+    }
+}
+
+fn root(sim: &SimServer) -> String {
+    format!("http://{}", sim.addr())
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap()
+}
+
+async fn chat(
+    client: &reqwest::Client,
+    sim: &SimServer,
+    model: &str,
+    question: &str,
+) -> reqwest::Result<reqwest::Response> {
+    client
+        .post(format!("{}/chat/completions", sim.base_url()))
+        .bearer_auth("sk-test")
+        .json(&json!({
+            "model": model,
+            "messages": [
+                {"role": "system", "content": "You are helpful."},
+                {"role": "user", "content": question},
+            ],
+            "temperature": 0.2,
+            "some_future_field": {"ignored": true},
+        }))
+        .send()
+        .await
+}
+
+async fn statuses(sim: &SimServer, model: &str, n: usize) -> Vec<u16> {
+    let client = client();
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let response = chat(&client, sim, model, &format!("q{i}")).await.unwrap();
+        out.push(response.status().as_u16());
+    }
+    out
+}
+
+async fn content_of(response: reqwest::Response) -> Value {
+    let body: Value = response.json().await.unwrap();
+    body["choices"][0]["message"]["content"].clone()
+}
+
+#[tokio::test]
+async fn ok_answer_names_the_model_and_echoes_the_question() {
+    let sim = start(SimConfig::default()).await;
+    assert_eq!(sim.base_url(), format!("http://{}/v1", sim.addr()));
+    let response = chat(&client(), &sim, "gpt-4o", "where is my order?")
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["object"], "chat.completion");
+    assert_eq!(body["model"], "gpt-4o");
+    assert!(body["id"].as_str().unwrap().starts_with("chatcmpl-sim-"));
+    assert!(body["created"].as_u64().unwrap() > 0);
+    assert_eq!(body["choices"][0]["finish_reason"], "stop");
+    assert_eq!(body["choices"][0]["message"]["role"], "assistant");
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        "[gpt-4o] simulated answer to: where is my order?"
+    );
+    let usage = &body["usage"];
+    assert_eq!(
+        usage["total_tokens"].as_u64().unwrap(),
+        usage["prompt_tokens"].as_u64().unwrap() + usage["completion_tokens"].as_u64().unwrap()
+    );
+    assert_eq!(sim.calls("gpt-4o"), 1);
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn script_503_503_ok_gives_exactly_those_statuses_in_order() {
+    let script = vec![Outcome::Status(503), Outcome::Status(503), Outcome::Ok];
+    let sim = start(with_model("gpt-4o", Behavior::scripted(script))).await;
+    assert_eq!(statuses(&sim, "gpt-4o", 3).await, [503, 503, 200]);
+    let response = chat(&client(), &sim, "gpt-4o", "again").await.unwrap();
+    assert_eq!(
+        response.status(),
+        200,
+        "after the script, the (empty) mix means ok"
+    );
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn error_status_has_openai_style_error_body() {
+    let sim = start(with_model("gpt-4o", Behavior::always(Outcome::Status(500)))).await;
+    let response = chat(&client(), &sim, "gpt-4o", "hi").await.unwrap();
+    assert_eq!(response.status(), 500);
+    assert!(response.headers().get("retry-after").is_none());
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["message"], "simulated 500");
+    assert_eq!(body["error"]["type"], "server_error");
+    assert!(body["error"]["code"].is_null());
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn status_429_carries_retry_after_when_configured() {
+    let behavior = Behavior {
+        retry_after_secs: Some(7),
+        script: vec![
+            Outcome::Status(429),
+            Outcome::Status(503),
+            Outcome::Status(500),
+        ],
+        ..Behavior::default()
+    };
+    let sim = start(with_model("gpt-4o", behavior)).await;
+    let client = client();
+    let first = chat(&client, &sim, "gpt-4o", "a").await.unwrap();
+    assert_eq!(first.status(), 429);
+    assert_eq!(first.headers()["retry-after"], "7");
+    let body: Value = first.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "rate_limit_error");
+    let second = chat(&client, &sim, "gpt-4o", "b").await.unwrap();
+    assert_eq!(second.status(), 503);
+    assert_eq!(second.headers()["retry-after"], "7");
+    let third = chat(&client, &sim, "gpt-4o", "c").await.unwrap();
+    assert_eq!(third.status(), 500);
+    assert!(
+        third.headers().get("retry-after").is_none(),
+        "only 429 and 503 carry it"
+    );
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn same_seed_gives_same_outcomes_and_a_half_mix_fails_about_half() {
+    let config = |seed| SimConfig {
+        seed,
+        ..with_model(
+            "gpt-4o",
+            Behavior {
+                mix: BTreeMap::from([(Outcome::Status(503), 0.5)]),
+                ..Behavior::default()
+            },
+        )
+    };
+    let first = start(config(42)).await;
+    let second = start(config(42)).await;
+    let other_seed = start(config(43)).await;
+    let a = statuses(&first, "gpt-4o", 100).await;
+    let b = statuses(&second, "gpt-4o", 100).await;
+    let c = statuses(&other_seed, "gpt-4o", 100).await;
+    assert_eq!(a, b, "same seed, same calls, same outcomes");
+    assert_ne!(a, c, "another seed draws another sequence");
+    assert!(a.iter().all(|s| *s == 200 || *s == 503));
+    let failures = a.iter().filter(|s| **s == 503).count();
+    assert!(
+        (35..=65).contains(&failures),
+        "{failures} failures out of 100"
+    );
+    let snapshot = first.snapshot();
+    let report = &snapshot.models["gpt-4o"];
+    assert_eq!(report.outcomes[&Outcome::Status(503)], failures as u64);
+    assert_eq!(report.outcomes[&Outcome::Ok], 100 - failures as u64);
+    for sim in [first, second, other_seed] {
+        sim.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn reset_gives_the_client_a_connection_error_not_an_http_response() {
+    let sim = start(with_model("gpt-4o", Behavior::always(Outcome::Reset))).await;
+    let err = chat(&client(), &sim, "gpt-4o", "hi").await.unwrap_err();
+    assert!(!err.is_timeout(), "{err:?}");
+    assert!(err.status().is_none(), "{err:?}");
+    assert!(err.is_request(), "{err:?}");
+    // The RST surfaces as ECONNRESET somewhere in the error chain.
+    let mut source: Option<&dyn std::error::Error> = Some(&err);
+    let mut saw_reset = false;
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            saw_reset |= io.kind() == std::io::ErrorKind::ConnectionReset;
+        }
+        source = e.source();
+    }
+    assert!(saw_reset, "expected a connection reset, got {err:?}");
+    // The simulator itself keeps serving.
+    sim.set_behavior("gpt-4o", Behavior::default());
+    let response = chat(&client(), &sim, "gpt-4o", "hi").await.unwrap();
+    assert_eq!(response.status(), 200);
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn hang_makes_a_client_with_a_200ms_timeout_time_out() {
+    let sim = start(with_model("gpt-4o", Behavior::always(Outcome::Hang))).await;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let err = chat(&client, &sim, "gpt-4o", "hi").await.unwrap_err();
+    assert!(err.is_timeout(), "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(
+        sim.calls("gpt-4o"),
+        1,
+        "counted on arrival, before answering"
+    );
+    // Shutdown does not wait for the hung call.
+    let started = Instant::now();
+    sim.shutdown().await;
+    assert!(started.elapsed() < Duration::from_secs(1));
+}
+
+#[tokio::test]
+async fn malformed_answer_is_200_json_that_does_not_parse() {
+    let sim = start(with_model("gpt-4o", Behavior::always(Outcome::Malformed))).await;
+    let response = chat(&client(), &sim, "gpt-4o", "hi").await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let text = response.text().await.unwrap();
+    assert!(serde_json::from_str::<Value>(&text).is_err(), "{text}");
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn empty_null_content_and_no_choices_are_valid_json_without_an_answer() {
+    let script = vec![Outcome::Empty, Outcome::NullContent, Outcome::NoChoices];
+    let sim = start(with_model("gpt-4o", Behavior::scripted(script))).await;
+    let client = client();
+    let empty = chat(&client, &sim, "gpt-4o", "hi").await.unwrap();
+    assert_eq!(empty.status(), 200);
+    assert_eq!(content_of(empty).await, json!(""));
+    let null = chat(&client, &sim, "gpt-4o", "hi").await.unwrap();
+    assert_eq!(null.status(), 200);
+    let body: Value = null.json().await.unwrap();
+    assert!(
+        body["choices"][0]["message"]
+            .get("content")
+            .unwrap()
+            .is_null()
+    );
+    let none = chat(&client, &sim, "gpt-4o", "hi").await.unwrap();
+    assert_eq!(none.status(), 200);
+    let body: Value = none.json().await.unwrap();
+    assert_eq!(body["choices"], json!([]));
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn latency_delays_the_answer() {
+    let behavior = Behavior {
+        latency_ms: 80,
+        jitter_ms: 20,
+        ..Behavior::default()
+    };
+    let sim = start(SimConfig {
+        default: behavior,
+        ..SimConfig::default()
+    })
+    .await;
+    let started = Instant::now();
+    let response = chat(&client(), &sim, "any-model", "hi").await.unwrap();
+    let elapsed = started.elapsed();
+    assert_eq!(response.status(), 200);
+    assert!(elapsed >= Duration::from_millis(80), "{elapsed:?}");
+    assert_eq!(
+        content_of(response).await,
+        json!("[any-model] simulated answer to: hi"),
+        "unconfigured models follow the default behaviour"
+    );
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn invalid_json_or_missing_model_is_a_400_openai_error() {
+    let sim = start(SimConfig::default()).await;
+    let client = client();
+    let url = format!("{}/chat/completions", sim.base_url());
+    let bad_json = client.post(&url).body("{not json").send().await.unwrap();
+    assert_eq!(bad_json.status(), 400);
+    let body: Value = bad_json.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "invalid_request_error");
+    let no_model = client
+        .post(&url)
+        .json(&json!({"messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_model.status(), 400);
+    let body: Value = no_model.json().await.unwrap();
+    assert!(body["error"]["message"].as_str().unwrap().contains("model"));
+    assert!(
+        sim.snapshot().models.is_empty(),
+        "invalid requests are not counted"
+    );
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn control_put_changes_behavior_and_get_reports_calls_and_last_request() {
+    let sim = start(SimConfig::default()).await;
+    let client = client();
+    assert_eq!(
+        chat(&client, &sim, "gpt-4o", "first")
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    let put = client
+        .put(format!("{}/control/models/gpt-4o", root(&sim)))
+        .json(&json!({"script": ["401"], "latency_ms": 0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 200);
+    let state: Value = put.json().await.unwrap();
+    assert_eq!(state["calls"], 1, "counts are kept");
+    assert_eq!(state["behavior"]["script"], json!(["401"]));
+
+    assert_eq!(
+        chat(&client, &sim, "gpt-4o", "second")
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    assert_eq!(
+        chat(&client, &sim, "gpt-4o", "third")
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        chat(&client, &sim, "gpt-3.5-turbo", "x")
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    let snapshot: Value = client
+        .get(format!("{}/control", root(&sim)))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let model = &snapshot["models"]["gpt-4o"];
+    assert_eq!(model["calls"], 3);
+    assert_eq!(model["outcomes"], json!({"ok": 2, "401": 1}));
+    assert_eq!(model["last_request"]["authorization"], "Bearer sk-test");
+    assert_eq!(
+        model["last_request"]["body"]["messages"][1]["content"],
+        "third"
+    );
+    assert_eq!(model["last_request"]["body"]["temperature"], 0.2);
+    assert_eq!(snapshot["seed"], 0);
+    // The typed view parses the same document.
+    let typed: ControlSnapshot = serde_json::from_value(snapshot).unwrap();
+    assert_eq!(typed, sim.snapshot());
+
+    let calls: Value = client
+        .get(format!("{}/control/calls", root(&sim)))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(calls, json!({"gpt-4o": 3, "gpt-3.5-turbo": 1}));
+
+    let unauthenticated = client
+        .post(format!("{}/chat/completions", sim.base_url()))
+        .json(&json!({"model": "gpt-4o", "messages": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unauthenticated.status(), 200);
+    let last = sim.snapshot().models["gpt-4o"]
+        .last_request
+        .clone()
+        .unwrap();
+    assert_eq!(last.authorization, None);
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn control_put_default_changes_unconfigured_models() {
+    let sim = start(with_model("gpt-4o", Behavior::default())).await;
+    let client = client();
+    let put = client
+        .put(format!("{}/control/default", root(&sim)))
+        .json(&json!({"mix": {"503": 1.0}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 200);
+    assert_eq!(
+        chat(&client, &sim, "other", "hi").await.unwrap().status(),
+        503
+    );
+    assert_eq!(
+        chat(&client, &sim, "gpt-4o", "hi").await.unwrap().status(),
+        200
+    );
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn control_put_rejects_a_bad_behavior_with_a_clear_400() {
+    let sim = start(SimConfig::default()).await;
+    let client = client();
+    let url = format!("{}/control/models/gpt-4o", root(&sim));
+    for (body, needle) in [
+        (json!({"mix": {"teapot": 0.5}}), "unknown outcome"),
+        (json!({"mix": {"200": 0.5}}), "unknown outcome"),
+        (json!({"latency": 5}), "unknown field"),
+        (json!({"mix": {"503": 0.8, "hang": 0.5}}), "sum to"),
+        (json!({"mix": {"503": -0.1}}), "0..=1"),
+    ] {
+        let response = client.put(&url).json(&body).send().await.unwrap();
+        assert_eq!(response.status(), 400, "{body}");
+        let error: Value = response.json().await.unwrap();
+        let message = error["error"]["message"].as_str().unwrap();
+        assert!(message.contains(needle), "{body}: {message}");
+    }
+    assert!(sim.snapshot().models.is_empty(), "nothing was changed");
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn models_endpoint_lists_configured_and_builtin_models() {
+    let sim = start(with_model("acme/support-7b", Behavior::default())).await;
+    let body: Value = client()
+        .get(format!("{}/models", sim.base_url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["object"], "list");
+    let ids: Vec<&str> = body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["gpt-4o", "gpt-3.5-turbo", "acme/support-7b"]);
+    assert_eq!(body["data"][0]["object"], "model");
+    assert_eq!(body["data"][0]["owned_by"], "upstream-sim");
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn control_reset_clears_counts_and_restores_start_up_behavior() {
+    let sim = start(with_model(
+        "gpt-4o",
+        Behavior::scripted([Outcome::Status(503)]),
+    ))
+    .await;
+    let client = client();
+    assert_eq!(
+        chat(&client, &sim, "gpt-4o", "a").await.unwrap().status(),
+        503
+    );
+    assert_eq!(
+        chat(&client, &sim, "stray", "b").await.unwrap().status(),
+        200
+    );
+    sim.set_behavior("gpt-4o", Behavior::always(Outcome::Status(500)));
+    assert_eq!(
+        chat(&client, &sim, "gpt-4o", "c").await.unwrap().status(),
+        500
+    );
+    assert_eq!(sim.calls("gpt-4o"), 2);
+
+    let reset = client
+        .post(format!("{}/control/reset", root(&sim)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reset.status(), 200);
+    assert_eq!(sim.calls("gpt-4o"), 0);
+    assert_eq!(sim.calls("stray"), 0);
+    let snapshot = sim.snapshot();
+    assert_eq!(snapshot.models.keys().collect::<Vec<_>>(), ["gpt-4o"]);
+    assert!(snapshot.models["gpt-4o"].last_request.is_none());
+    assert!(snapshot.models["gpt-4o"].outcomes.is_empty());
+    // The start-up script plays again from its beginning.
+    assert_eq!(
+        chat(&client, &sim, "gpt-4o", "d").await.unwrap().status(),
+        503
+    );
+    assert_eq!(
+        chat(&client, &sim, "gpt-4o", "e").await.unwrap().status(),
+        200
+    );
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn shutdown_stops_accepting_connections() {
+    let sim = start(SimConfig::default()).await;
+    let addr = sim.addr();
+    sim.shutdown().await;
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}
+
+#[tokio::test]
+async fn invalid_start_up_config_is_refused() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let config = with_model(
+        "gpt-4o",
+        Behavior {
+            mix: BTreeMap::from([(Outcome::Hang, 1.5)]),
+            ..Behavior::default()
+        },
+    );
+    let err = SimServer::start(listener, config).await.err().unwrap();
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+    assert!(err.to_string().contains("gpt-4o"), "{err}");
+}
+
+#[test]
+fn outcomes_round_trip_as_strings_and_unknown_ones_are_rejected() {
+    for text in [
+        "ok",
+        "hang",
+        "reset",
+        "malformed",
+        "empty",
+        "null_content",
+        "no_choices",
+        "400",
+        "401",
+        "429",
+        "500",
+        "503",
+        "599",
+    ] {
+        let outcome: Outcome = text.parse().unwrap();
+        assert_eq!(outcome.to_string(), text);
+        assert_eq!(serde_json::to_value(outcome).unwrap(), json!(text));
+        assert_eq!(
+            serde_json::from_value::<Outcome>(json!(text)).unwrap(),
+            outcome
+        );
+    }
+    for bad in ["", "OK", "200", "600", "399", "timeout", "5o3"] {
+        let err = bad.parse::<Outcome>().unwrap_err().to_string();
+        assert!(err.contains("unknown outcome"), "{bad}: {err}");
+    }
+    assert!(serde_json::from_value::<Outcome>(json!("nope")).is_err());
+    assert!(serde_json::from_value::<Behavior>(json!({"script": ["ok", "slow"]})).is_err());
+}
+
+#[test]
+fn toml_config_parses_with_quoted_outcome_keys() {
+    let config = SimConfig::from_toml_str(
+        r#"
+        seed = 7
+        [default]
+        latency_ms = 50
+        [models."gpt-4o"]
+        mix = { "503" = 0.5, hang = 0.1 }
+        retry_after_secs = 2
+        script = ["429", 500, "ok"]
+        "#,
+    )
+    .unwrap();
+    assert_eq!(config.seed, 7);
+    assert_eq!(config.default.latency_ms, 50);
+    let gpt = &config.models["gpt-4o"];
+    assert_eq!(
+        gpt.mix,
+        BTreeMap::from([(Outcome::Status(503), 0.5), (Outcome::Hang, 0.1)])
+    );
+    assert_eq!(gpt.retry_after_secs, Some(2));
+    assert_eq!(
+        gpt.script,
+        [Outcome::Status(429), Outcome::Status(500), Outcome::Ok]
+    );
+    let err = SimConfig::from_toml_str("sed = 7").unwrap_err();
+    assert!(err.contains("unknown field"), "{err}");
+    let err = SimConfig::from_toml_str("[default]\nmix = { \"503\" = 2.0 }").unwrap_err();
+    assert!(err.contains("default"), "{err}");
+}
+
+#[test]
+fn cli_flags_override_and_bad_flags_are_named() {
+    let args = |list: &[&str]| list.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    let CliCommand::Run(options) = parse_args(
+        args(&[
+            "--listen",
+            "127.0.0.1:0",
+            "--latency-ms=25",
+            "--seed",
+            "9",
+            "--mix",
+            "503=0.5,hang=0.1",
+        ]),
+        Some("0.0.0.0:1".to_owned()),
+    )
+    .unwrap() else {
+        panic!("expected run");
+    };
+    assert_eq!(options.listen.to_string(), "127.0.0.1:0");
+    assert_eq!(options.config.seed, 9);
+    assert_eq!(options.config.default.latency_ms, 25);
+    assert_eq!(
+        options.config.default.mix,
+        parse_mix("503=0.5,hang=0.1").unwrap()
+    );
+
+    let CliCommand::Run(options) =
+        parse_args(Vec::new(), Some("127.0.0.1:7777".to_owned())).unwrap()
+    else {
+        panic!("expected run");
+    };
+    assert_eq!(
+        options.listen.to_string(),
+        "127.0.0.1:7777",
+        "SIM_LISTEN applies"
+    );
+    let CliCommand::Run(options) = parse_args(Vec::new(), None).unwrap() else {
+        panic!("expected run");
+    };
+    assert_eq!(options.listen.to_string(), "127.0.0.1:9090");
+    assert_eq!(
+        parse_args(args(&["--help"]), None).unwrap(),
+        CliCommand::Help
+    );
+
+    for (bad, needle) in [
+        (&["--frobnicate"][..], "--frobnicate"),
+        (&["--seed"][..], "--seed"),
+        (&["--seed", "x"][..], "--seed"),
+        (&["--mix", "503"][..], "503"),
+        (&["--mix", "teapot=0.1"][..], "teapot"),
+        (&["--mix", "503=0.9,500=0.9"][..], "sum"),
+        (&["--listen", "nowhere"][..], "nowhere"),
+        (
+            &["--config", "/nonexistent/sim.toml"][..],
+            "/nonexistent/sim.toml",
+        ),
+    ] {
+        let err = parse_args(args(bad), None).unwrap_err();
+        assert!(err.contains(needle), "{bad:?}: {err}");
+    }
+}
+
+#[test]
+fn binary_exits_2_naming_a_bad_flag() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_upstream-sim"))
+        .arg("--bogus")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--bogus"), "{stderr}");
+}
+
+#[cfg(unix)]
+#[test]
+fn binary_serves_and_ends_cleanly_on_sigterm() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::process::{Command, Stdio};
+    use std::sync::mpsc;
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_upstream-sim"))
+        .args(["--listen", "127.0.0.1:0", "--seed", "3"])
+        .env("NO_COLOR", "1")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let line = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert!(
+        line.contains("simulated") || line.contains("SIMULATED"),
+        "{line}"
+    );
+    let start = line.find("http://").unwrap() + "http://".len();
+    let addr = &line[start..start + line[start..].find("/v1").unwrap()];
+
+    // A raw HTTP/1.1 request keeps the test free of an async runtime.
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .write_all(b"GET /v1/models HTTP/1.1\r\nHost: sim\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains("gpt-4o"), "{response}");
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "upstream-sim did not exit on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+}
