@@ -3,14 +3,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-// mod admin;
+mod admin;
 mod ask;
-// mod cache;
-// mod deadline;
+mod cache;
+mod deadline;
 mod errors;
 mod helpers;
-// mod metrics;
-// mod process;
-// mod redis_outage;
-// mod retries;
-// mod seed_experiment;
+mod metrics;
+mod process;
+mod redis_outage;
+mod retries;
+mod seed_experiment;

@@ -1,0 +1,201 @@
+//! The real binary: start-up refusal of a bad configuration, and graceful shutdown on
+//! real signals.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::helpers::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_resilient-qa");
+
+fn service(port: u16, redis: &Redis, sim_url: &str) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
+        .env("REDIS_URL", redis.url())
+        .env("OPENAI_BASE_URL", sim_url)
+        .env("QA__SERVER__SHUTDOWN_GRACE_SECS", "10")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+async fn wait_ready(client: &reqwest::Client, base: &str) {
+    let ok = eventually(Duration::from_secs(20), || async {
+        client
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    assert!(ok, "service did not come up at {base}");
+}
+
+fn signal(pid: u32, sig: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+async fn in_flight_request_completes_on(sig: &str) {
+    let redis = Redis::start();
+    let sim = healthy_sim().await;
+    sim.set_behavior(
+        "gpt-4o",
+        resilient_qa::sim::Behavior {
+            latency_ms: 1500,
+            ..Default::default()
+        },
+    );
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut child = service(port, &redis, &sim.base_url()).spawn().unwrap();
+    let client = reqwest::Client::new();
+    wait_ready(&client, &base).await;
+
+    let in_flight = {
+        let client = client.clone();
+        let url = format!("{base}/ask");
+        tokio::spawn(async move {
+            let resp = client
+                .post(url)
+                .json(&serde_json::json!({"question": "still answered at shutdown?"}))
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            (status, resp.json::<serde_json::Value>().await.unwrap())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    signal(child.id(), sig);
+    let (status, body) = in_flight.await.unwrap();
+    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+
+    assert_eq!(status, 200);
+    assert_eq!(body["source"], "primary");
+    assert_eq!(exit.code(), Some(0), "exit status {exit:?}");
+    assert_eq!(
+        redis.keys().await.len(),
+        1,
+        "the answer's cache write was flushed before exit"
+    );
+}
+
+#[tokio::test]
+async fn request_in_flight_at_sigterm_completes_and_exit_code_is_zero() {
+    in_flight_request_completes_on("TERM").await;
+}
+
+#[tokio::test]
+async fn request_in_flight_at_sigint_completes_and_exit_code_is_zero() {
+    in_flight_request_completes_on("INT").await;
+}
+
+#[tokio::test]
+async fn new_connections_are_refused_once_draining() {
+    let redis = Redis::start();
+    let sim = healthy_sim().await;
+    sim.set_behavior(
+        "gpt-4o",
+        resilient_qa::sim::Behavior {
+            latency_ms: 1500,
+            ..Default::default()
+        },
+    );
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut child = service(port, &redis, &sim.base_url()).spawn().unwrap();
+    let client = reqwest::Client::new();
+    wait_ready(&client, &base).await;
+    let in_flight = tokio::spawn(
+        client
+            .post(format!("{base}/ask"))
+            .json(&serde_json::json!({"question": "slow"}))
+            .send(),
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    signal(child.id(), "TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let fresh = reqwest::Client::new()
+        .get(format!("{base}/readyz"))
+        .send()
+        .await;
+
+    assert!(
+        fresh.is_err(),
+        "a new connection was accepted while draining"
+    );
+    assert_eq!(in_flight.await.unwrap().unwrap().status(), 200);
+    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(exit.code(), Some(0));
+}
+
+#[test]
+fn invalid_configuration_stops_start_up_naming_the_key() {
+    let out = Command::new(BIN)
+        .env("QA__PRIMARY__MAX_ATTEMPTS", "0")
+        .env("LISTEN_ADDR", "127.0.0.1:0")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("primary.max_attempts"), "{stderr}");
+}
+
+#[test]
+fn unknown_config_file_key_stops_start_up_naming_it() {
+    let dir = std::env::temp_dir().join(format!("qa-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("bad.toml");
+    std::fs::write(&file, "[cache]\nttl_secondz = 5\n").unwrap();
+
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&file)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("ttl_secondz"), "{stderr}");
+}
+
+#[test]
+fn api_key_never_appears_in_logs() {
+    let dead_redis = format!("redis://127.0.0.1:{}", free_port());
+    let child = Command::new(BIN)
+        .env("OPENAI_API_KEY", "sk-very-secret-value")
+        .env("LISTEN_ADDR", "127.0.0.1:0")
+        .env("REDIS_URL", dead_redis)
+        .env("RUST_LOG", "debug")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    signal(child.id(), "TERM");
+    let out = child.wait_with_output().unwrap();
+
+    let logs = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(logs.contains("serving"), "{logs}");
+    assert!(!logs.contains("sk-very-secret-value"));
+}
