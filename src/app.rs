@@ -13,7 +13,6 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderName, HeaderValue, Method};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
@@ -28,7 +27,9 @@ use crate::middleware::{self, REQUEST_ID};
 use crate::pipeline::cache::{AnswerCache, CacheWriter};
 use crate::pipeline::canned::CannedAnswers;
 use crate::pipeline::model::ModelClient;
-use crate::pipeline::{Pipeline, Source, Tier, TierSlot};
+use crate::pipeline::{GuardedTier, Pipeline, Source, Tier, TierSlot};
+use crate::resilience::breaker::Breaker;
+use crate::resilience::budget::RetryBudget;
 use crate::routes;
 use crate::stats::Stats;
 use crate::telemetry::Metrics;
@@ -105,6 +106,14 @@ impl App {
             .build()
             .map_err(|e| BuildError::Setup(format!("HTTP client: {e}")))?;
 
+        let models: Vec<(Tier, String)> = [
+            (Tier::Primary, config.primary.model.clone()),
+            (Tier::Secondary, config.secondary.model.clone()),
+        ]
+        .into();
+        let metrics =
+            Metrics::new(&models).map_err(|e| BuildError::Setup(format!("metrics: {e}")))?;
+
         let mut tiers = Vec::new();
         for (tier, tc) in [
             (Tier::Primary, &config.primary),
@@ -124,22 +133,18 @@ impl App {
                 });
             } else {
                 tracing::info!(tier = tier.as_str(), model = %tc.model, base_url = base, "model tier configured");
-                tiers.push(TierSlot::Configured(ModelClient::new(
-                    tier,
-                    tc,
-                    base,
-                    api_key.clone(),
-                    http.clone(),
-                )));
+                tiers.push(TierSlot::Configured(Box::new(GuardedTier {
+                    client: ModelClient::new(tier, tc, base, api_key.clone(), http.clone()),
+                    breaker: Breaker::new(
+                        tier.as_str(),
+                        &config.breaker,
+                        metrics.circuit_state.with_label_values(&[tier.as_str()]),
+                    ),
+                    budget: RetryBudget::new(&config.retry_budget),
+                })));
             }
         }
 
-        let models: Vec<(Tier, String)> = tiers
-            .iter()
-            .map(|t| (t.tier(), t.model().to_string()))
-            .collect();
-        let metrics =
-            Metrics::new(&models).map_err(|e| BuildError::Setup(format!("metrics: {e}")))?;
         let stats = Arc::new(Stats::new(
             config.metrics.window_secs,
             config.metrics.error_alert_threshold,
@@ -147,17 +152,22 @@ impl App {
         let canned = CannedAnswers::load(&config.canned.file)
             .map_err(|e| BuildError::Setup(format!("canned.file: {e}")))?;
         tracing::info!(answers = canned.entries(), file = %config.canned.file.display(), "canned answers loaded");
-        let (cache, writer) = AnswerCache::new(&config.cache, &config.redis, metrics.clone())
-            .map_err(BuildError::Setup)?;
+        let (cache, writer) = AnswerCache::new(
+            &config.cache,
+            &config.redis,
+            &config.breaker,
+            metrics.clone(),
+        )
+        .map_err(BuildError::Setup)?;
 
-        let pipeline = Arc::new(Pipeline {
-            cache: cache.clone(),
+        let pipeline = Arc::new(Pipeline::new(
+            cache.clone(),
             tiers,
-            canned: Arc::new(canned),
-            metrics: metrics.clone(),
-            stats: stats.clone(),
-            request_timeout: config.request_timeout(),
-        });
+            Arc::new(canned),
+            metrics.clone(),
+            stats.clone(),
+            config.request_timeout(),
+        ));
         let state = AppState(Arc::new(Shared {
             config: config.clone(),
             pipeline,
@@ -216,10 +226,8 @@ impl App {
         let addr = listener.local_addr()?;
         tracing::info!(%addr, "serving");
 
-        let signalled = Arc::new(tokio::sync::Notify::new());
         let on_signal = {
             let state = state.clone();
-            let signalled = signalled.clone();
             async move {
                 shutdown.await;
                 state.draining.store(true, Ordering::SeqCst);
@@ -227,21 +235,10 @@ impl App {
                     grace_secs = grace.as_secs(),
                     "shutdown: draining requests in flight"
                 );
-                signalled.notify_one();
             }
         };
-        let listener = listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let server = axum::serve(listener, router).with_graceful_shutdown(on_signal);
-        let drain_limit = async {
-            signalled.notified().await;
-            tokio::time::sleep(grace).await;
-        };
-        tokio::select! {
-            result = server => result?,
-            _ = drain_limit => tracing::warn!("shutdown grace elapsed with requests still in flight"),
-        }
+        let header_timeout = Duration::from_millis(state.config.server.header_read_timeout_ms);
+        crate::server::serve(listener, router, header_timeout, grace, on_signal).await;
         writer.flush(grace).await;
         for task in background {
             task.abort();

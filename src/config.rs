@@ -33,6 +33,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
+    pub breaker: BreakerConfig,
+    pub retry_budget: RetryBudgetConfig,
     /// Bearer token for both model tiers, from `OPENAI_API_KEY` only (never from a file).
     #[serde(skip)]
     pub api_key: Option<SecretString>,
@@ -47,6 +49,10 @@ pub struct ServerConfig {
     pub listen_addr: String,
     pub request_timeout_ms: u64,
     pub shutdown_grace_secs: u64,
+    /// A client must send its request headers within this long.
+    pub header_read_timeout_ms: u64,
+    /// ...and its request body within this long.
+    pub body_read_timeout_ms: u64,
     /// Origins allowed by CORS; empty means no CORS headers at all.
     pub cors_allowed_origins: Vec<String>,
 }
@@ -113,6 +119,31 @@ pub struct MetricsConfig {
     pub error_alert_threshold: f64,
 }
 
+/// Circuit breakers, one per model tier and one for Redis.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerConfig {
+    /// Consecutive failures that open a breaker.
+    pub consecutive_failures: u32,
+    /// Share of failed calls over the window that opens a breaker...
+    pub failure_ratio: f64,
+    /// ...once the window holds at least this many calls.
+    pub min_calls: u32,
+    pub window_secs: u64,
+    /// How long an open breaker skips its dependency before letting one probe through.
+    pub open_ms: u64,
+}
+
+/// Retries may add at most `ratio` of first attempts (plus a floor) per tier.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryBudgetConfig {
+    pub ratio: f64,
+    /// Retries per second always allowed, whatever the ratio.
+    pub min_per_sec: u32,
+    pub window_secs: u64,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
@@ -134,6 +165,8 @@ impl Default for Config {
                 listen_addr: "0.0.0.0:8080".into(),
                 request_timeout_ms: 20_000,
                 shutdown_grace_secs: 30,
+                header_read_timeout_ms: 5000,
+                body_read_timeout_ms: 10_000,
                 cors_allowed_origins: Vec::new(),
             },
             openai: OpenAiConfig {
@@ -186,6 +219,18 @@ impl Default for Config {
             log: LogConfig {
                 filter: "info".into(),
                 format: LogFormat::Json,
+            },
+            breaker: BreakerConfig {
+                consecutive_failures: 20,
+                failure_ratio: 0.8,
+                min_calls: 20,
+                window_secs: 10,
+                open_ms: 5000,
+            },
+            retry_budget: RetryBudgetConfig {
+                ratio: 1.0,
+                min_per_sec: 5,
+                window_secs: 10,
             },
             api_key: None,
             admin_token: None,
@@ -284,6 +329,14 @@ impl Config {
             .parse::<SocketAddr>()
             .map_err(|e| key_error("server.listen_addr", format!("not an address: {e}")))?;
         positive("server.request_timeout_ms", self.server.request_timeout_ms)?;
+        positive(
+            "server.header_read_timeout_ms",
+            self.server.header_read_timeout_ms,
+        )?;
+        positive(
+            "server.body_read_timeout_ms",
+            self.server.body_read_timeout_ms,
+        )?;
         for origin in &self.server.cors_allowed_origins {
             http_url("server.cors_allowed_origins", origin)?;
         }
@@ -349,6 +402,19 @@ impl Config {
                 "must be between 0 and 1",
             ));
         }
+        positive(
+            "breaker.consecutive_failures",
+            u64::from(self.breaker.consecutive_failures),
+        )?;
+        if !(self.breaker.failure_ratio > 0.0 && self.breaker.failure_ratio <= 1.0) {
+            return Err(key_error("breaker.failure_ratio", "must be in (0, 1]"));
+        }
+        positive("breaker.window_secs", self.breaker.window_secs)?;
+        positive("breaker.open_ms", self.breaker.open_ms)?;
+        if !(0.0..=10.0).contains(&self.retry_budget.ratio) {
+            return Err(key_error("retry_budget.ratio", "must be between 0 and 10"));
+        }
+        positive("retry_budget.window_secs", self.retry_budget.window_secs)?;
         Ok(())
     }
 

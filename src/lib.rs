@@ -10,6 +10,7 @@ pub mod middleware;
 pub mod pipeline;
 pub mod resilience;
 pub mod routes;
+pub mod server;
 pub mod shutdown;
 pub mod sim;
 pub mod stats;

@@ -40,7 +40,11 @@ pub const REJECTION_CODES: &[&str] = &[
     "not_found",
     "method_not_allowed",
     "unauthorized",
+    "request_timeout",
 ];
+
+/// Dependencies guarded by a circuit breaker, the `dependency` label of `qa_circuit_state`.
+pub const DEPENDENCIES: &[&str] = &["primary", "secondary", "redis"];
 
 pub const CACHE_LAYERS: &[&str] = &["memory", "redis"];
 pub const CACHE_RESULTS: &[&str] = &["hit", "miss", "stale", "error"];
@@ -64,6 +68,9 @@ pub struct Metrics {
     pub error_ratio: Gauge,
     pub redis_up: Gauge,
     pub build_info: IntGaugeVec,
+    pub circuit_state: IntGaugeVec,
+    pub overhead: prometheus::Histogram,
+    pub coalesced: prometheus::IntCounter,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -166,8 +173,43 @@ impl Metrics {
                 registry.register(Box::new(g.clone()))?;
                 g
             },
+            circuit_state: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "qa_circuit_state",
+                        "Circuit breaker state by dependency: 0 closed, 1 half-open, 2 open.",
+                    ),
+                    &["dependency"],
+                )?;
+                registry.register(Box::new(g.clone()))?;
+                g
+            },
+            overhead: {
+                let h = prometheus::Histogram::with_opts(
+                    HistogramOpts::new(
+                        "qa_overhead_seconds",
+                        "Time one /ask spent in the service itself: its duration minus model calls and Redis.",
+                    )
+                    .buckets(vec![
+                        0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                    ]),
+                )?;
+                registry.register(Box::new(h.clone()))?;
+                h
+            },
+            coalesced: {
+                let c = prometheus::IntCounter::new(
+                    "qa_coalesced_total",
+                    "Requests that shared the answer of an identical question already in flight.",
+                )?;
+                registry.register(Box::new(c.clone()))?;
+                c
+            },
             registry,
         };
+        for dependency in DEPENDENCIES {
+            m.circuit_state.with_label_values(&[dependency]).set(0);
+        }
         #[cfg(target_os = "linux")]
         m.registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),

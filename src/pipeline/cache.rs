@@ -3,10 +3,13 @@
 //! Entries carry the answer, the model that wrote it and when; they are fresh for
 //! `cache.ttl_secs` and may serve as `stale` for `cache.stale_ttl_secs` after that, in
 //! both layers. A Redis failure is a counted miss bounded by `redis.timeout_ms`, never an
-//! error. Writes to Redis go through a queue drained by one background task, off the
-//! response path; a failed write is retried a few times, and the queue is flushed at
-//! shutdown.
+//! error, and Redis sits behind a circuit breaker so an outage costs no time at all once
+//! noticed. Writes to Redis go through a queue drained by one background task, off the
+//! response path; a write that fails waits in a bounded backlog and is retried until Redis
+//! is back (or counted as dropped when the backlog overflows or shutdown ends it). The
+//! queue is flushed at shutdown.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -17,7 +20,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::config::{CacheConfig, RedisConfig};
+use crate::config::{BreakerConfig, CacheConfig, RedisConfig};
+use crate::resilience::breaker::Breaker;
 use crate::telemetry::Metrics;
 
 /// What the cache keeps for a question.
@@ -57,8 +61,10 @@ struct WriteJob {
 
 /// How many answers may wait to be written to Redis before new ones are dropped.
 const WRITE_QUEUE: usize = 10_000;
-/// Tries of one Redis write before it is dropped (counted).
-const WRITE_TRIES: u32 = 3;
+/// How many failed writes wait for Redis to come back; past it the oldest are dropped.
+const WRITE_BACKLOG: usize = 10_000;
+/// How often the backlog is retried while Redis is away.
+const BACKLOG_RETRY: Duration = Duration::from_millis(500);
 
 pub struct AnswerCache {
     memory: Option<moka::future::Cache<String, CachedAnswer>>,
@@ -70,6 +76,7 @@ pub struct AnswerCache {
     metrics: Metrics,
     redis_up: Arc<AtomicBool>,
     writes: mpsc::Sender<WriteJob>,
+    pub breaker: Breaker,
 }
 
 /// The background writer: drained and stopped by [`CacheWriter::flush`].
@@ -82,6 +89,7 @@ impl AnswerCache {
     pub fn new(
         cfg: &CacheConfig,
         redis_cfg: &RedisConfig,
+        breaker_cfg: &BreakerConfig,
         metrics: Metrics,
     ) -> Result<(Arc<AnswerCache>, CacheWriter), String> {
         let timeout = Duration::from_millis(redis_cfg.timeout_ms);
@@ -108,7 +116,13 @@ impl AnswerCache {
         });
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
         let stop = Arc::new(tokio::sync::Notify::new());
+        let breaker = Breaker::new(
+            "redis",
+            breaker_cfg,
+            metrics.circuit_state.with_label_values(&["redis"]),
+        );
         let cache = Arc::new(AnswerCache {
+            breaker,
             memory,
             redis,
             redis_timeout: timeout,
@@ -197,6 +211,9 @@ impl AnswerCache {
     }
 
     async fn redis_get(&self, key: &str) -> Result<Option<CachedAnswer>, String> {
+        let Some(permit) = self.breaker.try_acquire() else {
+            return Err("circuit breaker open".into());
+        };
         let fut = async {
             let mut conn = self.redis.get().await.map_err(|e| e.to_string())?;
             let raw: Option<String> = redis::cmd("GET")
@@ -214,6 +231,10 @@ impl AnswerCache {
             )),
         };
         self.redis_up.store(raw.is_ok(), Ordering::Relaxed);
+        match &raw {
+            Ok(_) => permit.success(),
+            Err(_) => permit.failure(),
+        }
         match raw? {
             None => Ok(None),
             // An entry we cannot read is a miss: a later write replaces it.
@@ -240,6 +261,18 @@ impl AnswerCache {
     }
 
     async fn redis_set(&self, job: &WriteJob) -> Result<(), String> {
+        let Some(permit) = self.breaker.try_acquire() else {
+            return Err("circuit breaker open".into());
+        };
+        let result = self.redis_set_unguarded(job).await;
+        match &result {
+            Ok(()) => permit.success(),
+            Err(_) => permit.failure(),
+        }
+        result
+    }
+
+    async fn redis_set_unguarded(&self, job: &WriteJob) -> Result<(), String> {
         let ttl_secs = (self.ttl_ms.saturating_add(self.stale_ms) / 1000).max(1);
         let fut = async {
             let mut conn = self.redis.get().await.map_err(|e| e.to_string())?;
@@ -307,52 +340,90 @@ async fn write_loop(
     mut rx: mpsc::Receiver<WriteJob>,
     stop: Arc<tokio::sync::Notify>,
 ) {
+    let mut backlog: VecDeque<WriteJob> = VecDeque::new();
+    let mut retry_tick = tokio::time::interval(BACKLOG_RETRY);
+    retry_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             job = rx.recv() => match job {
-                Some(job) => write_with_retries(&cache, job).await,
+                // While older writes wait, newer ones queue behind them, so that the
+                // last answer for a key is the one Redis keeps.
+                Some(job) if !backlog.is_empty() => push_backlog(&cache, &mut backlog, job),
+                Some(job) => {
+                    if let Err(job) = write_once(&cache, job, "ok").await {
+                        push_backlog(&cache, &mut backlog, job);
+                    }
+                }
                 None => return,
             },
+            _ = retry_tick.tick(), if !backlog.is_empty() => {
+                drain_backlog(&cache, &mut backlog).await;
+            }
             _ = stop.notified() => break,
         }
     }
-    // Shutdown: no new writes; everything already queued is written.
+    // Shutdown: no new writes; everything queued gets one more try, the rest is dropped.
     rx.close();
     while let Some(job) = rx.recv().await {
-        write_with_retries(&cache, job).await;
+        backlog.push_back(job);
+    }
+    drain_backlog(&cache, &mut backlog).await;
+    if !backlog.is_empty() {
+        tracing::warn!(
+            dropped = backlog.len(),
+            "redis unreachable at shutdown; cached answers not written"
+        );
+        cache
+            .metrics
+            .cache_writes
+            .with_label_values(&["dropped"])
+            .inc_by(backlog.len() as u64);
     }
 }
 
-async fn write_with_retries(cache: &AnswerCache, job: WriteJob) {
-    for attempt in 1..=WRITE_TRIES {
-        match cache.redis_set(&job).await {
-            Ok(()) => {
-                let result = if attempt == 1 { "ok" } else { "retried" };
-                cache
-                    .metrics
-                    .cache_writes
-                    .with_label_values(&[result])
-                    .inc();
-                return;
-            }
-            Err(e) => {
-                cache
-                    .metrics
-                    .cache_writes
-                    .with_label_values(&["error"])
-                    .inc();
-                tracing::warn!(error = %e, attempt, "redis cache write failed");
-                if attempt < WRITE_TRIES {
-                    tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
-                }
-            }
+/// One write; gives the job back on failure.
+async fn write_once(cache: &AnswerCache, job: WriteJob, result: &str) -> Result<(), WriteJob> {
+    match cache.redis_set(&job).await {
+        Ok(()) => {
+            cache
+                .metrics
+                .cache_writes
+                .with_label_values(&[result])
+                .inc();
+            Ok(())
+        }
+        Err(e) => {
+            cache
+                .metrics
+                .cache_writes
+                .with_label_values(&["error"])
+                .inc();
+            tracing::debug!(error = %e, "redis cache write failed; kept for a retry");
+            Err(job)
         }
     }
-    cache
-        .metrics
-        .cache_writes
-        .with_label_values(&["dropped"])
-        .inc();
+}
+
+fn push_backlog(cache: &AnswerCache, backlog: &mut VecDeque<WriteJob>, job: WriteJob) {
+    if backlog.len() >= WRITE_BACKLOG {
+        backlog.pop_front();
+        cache
+            .metrics
+            .cache_writes
+            .with_label_values(&["dropped"])
+            .inc();
+    }
+    backlog.push_back(job);
+}
+
+/// Writes the backlog in order until one write fails (Redis still away).
+async fn drain_backlog(cache: &AnswerCache, backlog: &mut VecDeque<WriteJob>) {
+    while let Some(job) = backlog.pop_front() {
+        if let Err(job) = write_once(cache, job, "retried").await {
+            backlog.push_front(job);
+            return;
+        }
+    }
 }
 
 impl CacheWriter {

@@ -8,18 +8,23 @@
 //!
 //! Past the deadline no model call starts and calls still running are abandoned; the
 //! tiers after the models cannot fail, so every walk ends with an answer. A model's answer
-//! is cached after the walk, off the response path.
+//! is cached after the walk, off the response path. Each model tier sits behind a circuit
+//! breaker and a retry budget; identical questions in flight at once share one walk.
 
 pub mod cache;
 pub mod canned;
 pub mod model;
 pub mod normalize;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::resilience::breaker::{Breaker, Permit};
+use crate::resilience::budget::RetryBudget;
 use crate::resilience::retry::{GiveUp, retry};
 use crate::stats::Stats;
 use crate::telemetry::Metrics;
@@ -100,14 +105,18 @@ pub enum FallbackReason {
     NonRetryable,
     Deadline,
     NotConfigured,
+    CircuitOpen,
+    Budget,
 }
 
 impl FallbackReason {
-    pub const ALL: [FallbackReason; 4] = [
+    pub const ALL: [FallbackReason; 6] = [
         FallbackReason::Exhausted,
         FallbackReason::NonRetryable,
         FallbackReason::Deadline,
         FallbackReason::NotConfigured,
+        FallbackReason::CircuitOpen,
+        FallbackReason::Budget,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -116,6 +125,8 @@ impl FallbackReason {
             FallbackReason::NonRetryable => "non_retryable",
             FallbackReason::Deadline => "deadline",
             FallbackReason::NotConfigured => "not_configured",
+            FallbackReason::CircuitOpen => "circuit_open",
+            FallbackReason::Budget => "budget",
         }
     }
 }
@@ -126,33 +137,46 @@ impl From<GiveUp> for FallbackReason {
             GiveUp::Exhausted => FallbackReason::Exhausted,
             GiveUp::NonRetryable => FallbackReason::NonRetryable,
             GiveUp::Deadline => FallbackReason::Deadline,
+            GiveUp::CircuitOpen => FallbackReason::CircuitOpen,
+            GiveUp::Budget => FallbackReason::Budget,
         }
     }
 }
 
-/// A model tier as configured: a client, or a note that it is skipped.
+/// A configured model tier with what guards it.
+pub struct GuardedTier {
+    pub client: ModelClient,
+    pub breaker: Breaker,
+    pub budget: RetryBudget,
+}
+
+/// A model tier as configured: a guarded client, or a note that it is skipped.
 pub enum TierSlot {
-    Configured(ModelClient),
+    Configured(Box<GuardedTier>),
     NotConfigured { tier: Tier, model: String },
 }
 
 impl TierSlot {
     pub fn tier(&self) -> Tier {
         match self {
-            TierSlot::Configured(c) => c.tier,
+            TierSlot::Configured(g) => g.client.tier,
             TierSlot::NotConfigured { tier, .. } => *tier,
         }
     }
 
     pub fn model(&self) -> &str {
         match self {
-            TierSlot::Configured(c) => &c.model,
+            TierSlot::Configured(g) => &g.client.model,
             TierSlot::NotConfigured { model, .. } => model,
         }
     }
 
-    pub fn is_configured(&self) -> bool {
-        matches!(self, TierSlot::Configured(_))
+    /// `closed`, `open`, `half_open` or `not_configured`, as `/readyz` shows it.
+    pub fn state(&self) -> &'static str {
+        match self {
+            TierSlot::Configured(g) => g.breaker.state().as_str(),
+            TierSlot::NotConfigured { .. } => "not_configured",
+        }
     }
 }
 
@@ -162,7 +186,13 @@ pub struct Answer {
     pub text: Arc<str>,
     pub source: Source,
     pub model: Option<Arc<str>>,
+    /// Time spent waiting on others (model calls, Redis, an identical request in
+    /// flight): the request's duration minus this is the service's own overhead.
+    pub external: Duration,
 }
+
+/// Identical questions in flight: the leader's answer, once it has one.
+type Flights = Mutex<HashMap<String, watch::Receiver<Option<Answer>>>>;
 
 pub struct Pipeline {
     pub cache: Arc<AnswerCache>,
@@ -171,9 +201,49 @@ pub struct Pipeline {
     pub metrics: Metrics,
     pub stats: Arc<Stats>,
     pub request_timeout: Duration,
+    flights: Flights,
+}
+
+/// Removes a leader's flight when it ends, however it ends (answer, panic, cancellation),
+/// so that no follower waits on a flight that will never land.
+struct FlightGuard<'a> {
+    flights: &'a Flights,
+    key: &'a str,
+}
+
+impl Drop for FlightGuard<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut f) = self.flights.lock() {
+            f.remove(self.key);
+        }
+    }
+}
+
+enum Role {
+    Leader(watch::Sender<Option<Answer>>),
+    Follower(watch::Receiver<Option<Answer>>),
 }
 
 impl Pipeline {
+    pub fn new(
+        cache: Arc<AnswerCache>,
+        tiers: Vec<TierSlot>,
+        canned: Arc<CannedAnswers>,
+        metrics: Metrics,
+        stats: Arc<Stats>,
+        request_timeout: Duration,
+    ) -> Pipeline {
+        Pipeline {
+            cache,
+            tiers,
+            canned,
+            metrics,
+            stats,
+            request_timeout,
+            flights: Mutex::new(HashMap::new()),
+        }
+    }
+
     /// Walks the tiers for `question` (already trimmed and checked) and returns the first
     /// answer. Never fails.
     #[tracing::instrument(name = "pipeline", skip_all)]
@@ -183,100 +253,198 @@ impl Pipeline {
         let key = self.cache.key(&normalized);
 
         // A lookup stuck past the deadline yields nothing rather than holding the request.
+        let lookup_started = Instant::now();
         let found = tokio::time::timeout_at(deadline, self.cache.lookup(&key))
             .await
             .unwrap_or_default();
+        let mut external = lookup_started.elapsed();
         if let Some(hit) = found.fresh {
             return Answer {
                 text: hit.answer,
                 source: Source::Cache,
                 model: Some(hit.model),
+                external,
             };
         }
 
+        // Identical questions in flight share one walk.
+        let role = match self.flights.lock() {
+            Ok(mut flights) => match flights.get(&key) {
+                Some(rx) => Role::Follower(rx.clone()),
+                None => {
+                    let (tx, rx) = watch::channel(None);
+                    flights.insert(key.clone(), rx);
+                    Role::Leader(tx)
+                }
+            },
+            Err(_) => Role::Leader(watch::channel(None).0),
+        };
+        match role {
+            Role::Follower(mut rx) => {
+                self.metrics.coalesced.inc();
+                let waited = Instant::now();
+                let shared: Option<Answer> =
+                    match tokio::time::timeout_at(deadline, rx.wait_for(Option::is_some)).await {
+                        Ok(Ok(answer)) => answer.clone(),
+                        _ => None,
+                    };
+                if let Some(answer) = shared {
+                    return Answer {
+                        external: external + waited.elapsed(),
+                        ..answer
+                    };
+                }
+                // The leader is gone without an answer, or too slow: walk alone.
+                external += waited.elapsed();
+                self.walk(
+                    question,
+                    &normalized,
+                    key.clone(),
+                    found.stale,
+                    deadline,
+                    external,
+                )
+                .await
+            }
+            Role::Leader(tx) => {
+                let _guard = FlightGuard {
+                    flights: &self.flights,
+                    key: &key,
+                };
+                let answer = self
+                    .walk(
+                        question,
+                        &normalized,
+                        key.clone(),
+                        found.stale,
+                        deadline,
+                        external,
+                    )
+                    .await;
+                let _ = tx.send(Some(answer.clone()));
+                answer
+            }
+        }
+    }
+
+    /// The tiers after the fresh cache.
+    async fn walk(
+        &self,
+        question: &str,
+        normalized: &str,
+        key: String,
+        stale: Option<CachedAnswer>,
+        deadline: Instant,
+        mut external: Duration,
+    ) -> Answer {
         for slot in &self.tiers {
-            if let Some(answer) = self.try_tier(slot, question, deadline).await {
+            let started = Instant::now();
+            let answer = self.try_tier(slot, question, deadline).await;
+            external += started.elapsed();
+            if let Some(mut answer) = answer {
                 let entry = CachedAnswer {
                     answer: answer.text.clone(),
                     model: answer.model.clone().unwrap_or_else(|| Arc::from("")),
                     written_at_ms: cache::now_ms(),
                 };
                 self.cache.store(key, entry).await;
+                answer.external = external;
                 return answer;
             }
         }
 
-        if let Some(text) = self.canned.get(&normalized) {
+        if let Some(text) = self.canned.get(normalized) {
             return Answer {
                 text,
                 source: Source::Canned,
                 model: None,
+                external,
             };
         }
-        if let Some(stale) = found.stale {
+        if let Some(stale) = stale {
             return Answer {
                 text: stale.answer,
                 source: Source::Stale,
                 model: Some(stale.model),
+                external,
             };
         }
         Answer {
             text: Arc::from(DEFAULT_REPLY),
             source: Source::Default,
             model: None,
+            external,
         }
     }
 
     /// One model tier with its retries; `None` when it gives no answer (recorded as a
     /// fallback with its reason).
     async fn try_tier(&self, slot: &TierSlot, question: &str, deadline: Instant) -> Option<Answer> {
-        let client = match slot {
-            TierSlot::Configured(c) => c,
+        let guarded = match slot {
+            TierSlot::Configured(g) => g,
             TierSlot::NotConfigured { tier, .. } => {
                 self.fallback(*tier, FallbackReason::NotConfigured);
                 return None;
             }
         };
+        let client = &guarded.client;
         if Instant::now() >= deadline {
             self.fallback(client.tier, FallbackReason::Deadline);
             return None;
         }
-        let result = retry(&client.retry, deadline, |attempt, time_left| {
-            self.attempt(client, question, attempt, time_left)
-        })
+        // Before each attempt: a retry must fit in the budget, and the breaker must let
+        // the call through. The budget goes first so a refused retry never takes the
+        // breaker's one half-open probe.
+        let gate = |attempt: u32| {
+            if attempt == 1 {
+                guarded.budget.deposit();
+            } else if !guarded.budget.withdraw() {
+                return Err(GiveUp::Budget);
+            }
+            guarded.breaker.try_acquire().ok_or(GiveUp::CircuitOpen)
+        };
+        let result = retry(
+            &client.retry,
+            deadline,
+            gate,
+            |attempt, time_left, permit| self.attempt(client, question, attempt, time_left, permit),
+        )
         .await;
         match result {
             Ok(c) => Some(Answer {
                 text: Arc::from(c.text),
                 source: client.tier.source(),
                 model: Some(Arc::from(c.model)),
+                external: Duration::ZERO,
             }),
             Err(e) => {
+                let reason = FallbackReason::from(e.give_up);
                 tracing::warn!(
                     tier = client.tier.as_str(),
                     model = %client.model,
-                    reason = FallbackReason::from(e.give_up).as_str(),
+                    reason = reason.as_str(),
                     last_error = e.last.as_ref().map(|l| l.message.as_str()),
                     "model tier gave no answer; falling back"
                 );
-                self.fallback(client.tier, e.give_up.into());
+                self.fallback(client.tier, reason);
                 None
             }
         }
     }
 
-    /// One model call, measured, counted and logged.
+    /// One model call, measured, counted, logged, and reported to the tier's breaker.
     async fn attempt(
         &self,
         client: &ModelClient,
         question: &str,
         attempt: u32,
         time_left: Duration,
+        permit: Permit<'_>,
     ) -> Result<model::Completion, UpstreamError> {
         let tier = client.tier.as_str();
         let timeout = client.attempt_timeout.min(time_left);
         let started = std::time::Instant::now();
-        let guard = AbandonedAttempt {
+        let mut guard = AbandonedAttempt {
             metrics: &self.metrics,
             stats: &self.stats,
             client,
@@ -285,8 +453,13 @@ impl Pipeline {
             done: false,
         };
         let result = client.complete(question, timeout).await;
-        let mut guard = guard;
         guard.done = true;
+        match &result {
+            Ok(_) => permit.success(),
+            // A refused request says nothing of the provider's health.
+            Err(e) if e.kind == model::ErrorKind::ClientError => permit.neutral(),
+            Err(_) => permit.failure(),
+        }
         let elapsed = started.elapsed();
         self.metrics
             .upstream_duration
@@ -333,7 +506,6 @@ impl Pipeline {
             .inc();
     }
 }
-
 /// Counts a model call cut off by the request deadline (its future dropped mid-flight)
 /// as a timeout, so no call goes unrecorded.
 struct AbandonedAttempt<'a> {

@@ -1,3 +1,6 @@
-//! Resilience mechanisms shared by the tiers.
+//! Resilience mechanisms shared by the tiers: the retry helper, circuit breakers and the
+//! retry budget.
 
+pub mod breaker;
+pub mod budget;
 pub mod retry;

@@ -52,6 +52,10 @@ pub enum GiveUp {
     NonRetryable,
     /// The deadline came, or the next wait would pass it.
     Deadline,
+    /// The gate refused the attempt: the dependency's circuit breaker is open.
+    CircuitOpen,
+    /// The gate refused a retry: the tier's retry budget is spent.
+    Budget,
 }
 
 /// The failure of a retried operation: why it stopped, and the last error if any.
@@ -61,16 +65,20 @@ pub struct RetryError<E> {
     pub last: Option<E>,
 }
 
-/// Runs `op(attempt, time_left)` until it succeeds, fails for good, runs out of
-/// attempts, or the deadline comes. Each attempt is itself cut off at the deadline.
-pub async fn retry<T, E, F, Fut>(
+/// Runs `op(attempt, time_left, pass)` until it succeeds, fails for good, runs out of
+/// attempts, or the deadline comes. Before each attempt `gate(attempt)` must hand out a
+/// pass (a breaker permit, say) or say why not. Each attempt is itself cut off at the
+/// deadline.
+pub async fn retry<T, E, P, G, F, Fut>(
     policy: &RetryPolicy,
     deadline: Instant,
+    mut gate: G,
     mut op: F,
 ) -> Result<T, RetryError<E>>
 where
     E: Transient,
-    F: FnMut(u32, Duration) -> Fut,
+    G: FnMut(u32) -> Result<P, GiveUp>,
+    F: FnMut(u32, Duration, P) -> Fut,
     Fut: Future<Output = Result<T, E>>,
 {
     let mut last = None;
@@ -82,15 +90,20 @@ where
                 last,
             });
         }
-        let result = match tokio::time::timeout_at(deadline, op(attempt, deadline - now)).await {
-            Ok(r) => r,
-            Err(_) => {
-                return Err(RetryError {
-                    give_up: GiveUp::Deadline,
-                    last,
-                });
-            }
+        let pass = match gate(attempt) {
+            Ok(p) => p,
+            Err(give_up) => return Err(RetryError { give_up, last }),
         };
+        let result =
+            match tokio::time::timeout_at(deadline, op(attempt, deadline - now, pass)).await {
+                Ok(r) => r,
+                Err(_) => {
+                    return Err(RetryError {
+                        give_up: GiveUp::Deadline,
+                        last,
+                    });
+                }
+            };
         let err = match result {
             Ok(v) => return Ok(v),
             Err(e) => e,
@@ -143,6 +156,10 @@ mod tests {
         }
     }
 
+    fn open(_: u32) -> Result<(), GiveUp> {
+        Ok(())
+    }
+
     fn policy(attempts: u32) -> RetryPolicy {
         RetryPolicy {
             max_attempts: attempts,
@@ -175,7 +192,7 @@ mod tests {
     async fn transient_failures_are_retried_until_success() {
         let calls = AtomicU32::new(0);
         let deadline = Instant::now() + Duration::from_secs(10);
-        let out = retry(&policy(3), deadline, |_, _| {
+        let out = retry(&policy(3), deadline, open, |_, _, _| {
             let n = calls.fetch_add(1, Ordering::SeqCst);
             async move {
                 if n < 2 {
@@ -197,7 +214,7 @@ mod tests {
     async fn non_transient_failure_stops_at_once() {
         let calls = AtomicU32::new(0);
         let deadline = Instant::now() + Duration::from_secs(10);
-        let err = retry(&policy(3), deadline, |_, _| {
+        let err = retry(&policy(3), deadline, open, |_, _, _| {
             calls.fetch_add(1, Ordering::SeqCst);
             async {
                 Err::<(), _>(Fail {
@@ -216,7 +233,7 @@ mod tests {
     async fn retry_after_past_the_deadline_gives_up_without_waiting() {
         let start = Instant::now();
         let deadline = start + Duration::from_secs(2);
-        let err = retry(&policy(3), deadline, |_, _| async {
+        let err = retry(&policy(3), deadline, open, |_, _, _| async {
             Err::<(), _>(Fail {
                 transient: true,
                 after: Some(Duration::from_secs(30)),
@@ -233,7 +250,7 @@ mod tests {
         let start = Instant::now();
         let calls = AtomicU32::new(0);
         let deadline = start + Duration::from_secs(10);
-        retry(&policy(2), deadline, |_, _| {
+        retry(&policy(2), deadline, open, |_, _, _| {
             let n = calls.fetch_add(1, Ordering::SeqCst);
             async move {
                 if n == 0 {
@@ -252,9 +269,36 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_closed_gate_stops_before_the_attempt() {
+        let calls = AtomicU32::new(0);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let gate = |attempt: u32| {
+            if attempt < 2 {
+                Ok(())
+            } else {
+                Err(GiveUp::Budget)
+            }
+        };
+        let err = retry(&policy(3), deadline, gate, |_, _, _| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async {
+                Err::<(), _>(Fail {
+                    transient: true,
+                    after: None,
+                })
+            }
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(err.give_up, GiveUp::Budget);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert!(err.last.is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn all_attempts_failing_reports_exhausted() {
         let deadline = Instant::now() + Duration::from_secs(10);
-        let err = retry(&policy(3), deadline, |_, _| async {
+        let err = retry(&policy(3), deadline, open, |_, _, _| async {
             Err::<(), _>(Fail {
                 transient: true,
                 after: None,

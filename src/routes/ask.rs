@@ -4,7 +4,7 @@
 //! pipeline still ends in an answer.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Extension;
 use axum::body::Body;
@@ -63,12 +63,17 @@ pub async fn ask(
                 text: Arc::from(DEFAULT_REPLY),
                 source: Source::Default,
                 model: None,
+                external: std::time::Duration::ZERO,
             }
         }
     };
 
     let elapsed = started.elapsed();
     state.record_answer(answer.source, elapsed);
+    state
+        .metrics
+        .overhead
+        .observe(elapsed.saturating_sub(answer.external).as_secs_f64());
     tracing::info!(
         source = answer.source.as_str(),
         model = answer.model.as_deref(),
@@ -99,7 +104,14 @@ async fn read_question(
     if declared.is_some_and(|n| n > limits.max_body_bytes as u64) {
         return Err(ApiError::payload_too_large(limits.max_body_bytes));
     }
-    let bytes = match Limited::new(body, limits.max_body_bytes).collect().await {
+    let body_timeout = Duration::from_millis(state.config.server.body_read_timeout_ms);
+    let collected = tokio::time::timeout(
+        body_timeout,
+        Limited::new(body, limits.max_body_bytes).collect(),
+    )
+    .await
+    .map_err(|_| ApiError::request_timeout(body_timeout))?;
+    let bytes = match collected {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
             return Err(ApiError::payload_too_large(limits.max_body_bytes));

@@ -15,9 +15,12 @@ pub async fn healthz() -> Response {
 
 pub async fn readyz(State(state): State<AppState>) -> Response {
     let redis_up = state.pipeline.cache.redis_is_up();
-    let tier_state = |i: usize| match state.pipeline.tiers.get(i) {
-        Some(slot) if slot.is_configured() => "closed",
-        _ => "not_configured",
+    let tier_state = |i: usize| {
+        state
+            .pipeline
+            .tiers
+            .get(i)
+            .map_or("not_configured", |slot| slot.state())
     };
     let (primary, secondary) = (tier_state(0), tier_state(1));
     let draining = state.draining.load(Ordering::Relaxed);

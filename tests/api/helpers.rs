@@ -126,6 +126,11 @@ pub fn test_config(redis_url: &str, sim: Option<&SimServer>) -> Config {
         t.attempt_timeout_ms = 2000;
     }
     c.server.request_timeout_ms = 10_000;
+    // Tests of retries and fallbacks see every attempt: breakers and the retry budget
+    // are out of the way unless a test turns them on.
+    c.breaker.consecutive_failures = 1_000_000;
+    c.breaker.min_calls = 1_000_000;
+    c.retry_budget.min_per_sec = 1_000_000;
     c
 }
 

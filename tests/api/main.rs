@@ -12,5 +12,6 @@ mod helpers;
 mod metrics;
 mod process;
 mod redis_outage;
+mod resilience;
 mod retries;
 mod seed_experiment;
