@@ -8,6 +8,7 @@ mod ask;
 mod cache;
 mod deadline;
 mod errors;
+mod fuzz;
 mod helpers;
 mod metrics;
 mod process;
