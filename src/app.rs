@@ -182,7 +182,10 @@ impl App {
         if !cache.ping().await {
             tracing::warn!(url = %redact_url(&config.redis.url), "redis is unreachable; serving without it until it returns");
         }
-        let background = vec![tokio::spawn(watch_redis(cache))];
+        let background = vec![
+            tokio::spawn(cache.clone().follow_invalidations(config.redis.url.clone())),
+            tokio::spawn(watch_redis(cache)),
+        ];
 
         let listener = TcpListener::bind(&config.server.listen_addr)
             .await

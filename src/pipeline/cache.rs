@@ -7,7 +7,8 @@
 //! noticed. Writes to Redis go through a queue drained by one background task, off the
 //! response path; a write that fails waits in a bounded backlog and is retried until Redis
 //! is back (or counted as dropped when the backlog overflows or shutdown ends it). The
-//! queue is flushed at shutdown.
+//! queue is flushed at shutdown. An answer deleted by an operator is announced on a Redis
+//! channel, so every instance sharing the Redis drops it from its memory too.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -291,19 +292,31 @@ impl AnswerCache {
         }
     }
 
-    /// Removes a question's answer from Redis and from this instance's memory.
+    /// The channel on which deletions are announced to every instance.
+    fn invalidation_channel(&self) -> String {
+        format!("{}invalidate", self.prefix)
+    }
+
+    /// Removes a question's answer from Redis and from the memory of every instance that
+    /// shares the Redis (this one at once, the others through the invalidation channel).
     pub async fn delete(&self, key: &str) -> Result<bool, String> {
         let in_memory = match &self.memory {
             Some(m) => m.remove(key).await.is_some(),
             None => false,
         };
+        let channel = self.invalidation_channel();
         let fut = async {
             let mut conn = self.redis.get().await.map_err(|e| e.to_string())?;
-            redis::cmd("DEL")
+            let (removed, _receivers): (u64, u64) = redis::pipe()
+                .cmd("DEL")
                 .arg(key)
-                .query_async::<u64>(&mut conn)
+                .cmd("PUBLISH")
+                .arg(&channel)
+                .arg(key)
+                .query_async(&mut conn)
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>(removed)
         };
         let removed = match tokio::time::timeout(self.redis_timeout * 5, fut).await {
             Ok(r) => r?,
@@ -332,6 +345,47 @@ impl AnswerCache {
 
     pub fn redis_is_up(&self) -> bool {
         self.redis_up.load(Ordering::Relaxed)
+    }
+
+    /// Listens for deletions announced by any instance and drops them from memory; runs
+    /// until aborted, reconnecting when Redis goes away. Deletions missed while
+    /// disconnected cannot be replayed, so a new subscription starts with an empty memory
+    /// layer.
+    pub async fn follow_invalidations(self: Arc<Self>, url: String) {
+        use futures_util::StreamExt;
+        let Some(memory) = self.memory.clone() else {
+            return;
+        };
+        let channel = self.invalidation_channel();
+        let mut first = true;
+        loop {
+            let subscribed = async {
+                let client = redis::Client::open(url.as_str())?;
+                let mut pubsub = client.get_async_pubsub().await?;
+                pubsub.subscribe(&channel).await?;
+                Ok::<_, redis::RedisError>(pubsub)
+            };
+            match tokio::time::timeout(self.redis_timeout * 10, subscribed).await {
+                Ok(Ok(pubsub)) => {
+                    if !first {
+                        memory.invalidate_all();
+                    }
+                    first = false;
+                    let mut messages = pubsub.into_on_message();
+                    while let Some(msg) = messages.next().await {
+                        if let Ok(key) = msg.get_payload::<String>() {
+                            memory.remove(&key).await;
+                        }
+                    }
+                    tracing::debug!("cache invalidation subscription ended; reconnecting");
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "cannot subscribe to cache invalidations")
+                }
+                Err(_) => tracing::debug!("subscribing to cache invalidations timed out"),
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
     }
 }
 

@@ -132,3 +132,35 @@ async fn reload_picks_up_new_answers_and_a_broken_file_keeps_the_old_ones() {
     assert_eq!(answer["source"], "canned");
     assert_eq!(answer["answer"], "a2");
 }
+
+#[tokio::test]
+async fn a_deleted_answer_leaves_the_memory_of_every_instance() {
+    let redis = Redis::start();
+    let sim = healthy_sim().await;
+    let mut config = test_config(&redis.url(), Some(&sim));
+    config.admin_token = Some(TOKEN.to_string().into());
+    let a = TestApp::spawn(config.clone()).await;
+    let b = TestApp::spawn(config).await;
+    assert_eq!(a.source_of("Shared answer?").await, "primary");
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            !redis.keys().await.is_empty()
+        })
+        .await
+    );
+    assert_eq!(b.source_of("Shared answer?").await, "cache"); // now in b's memory too
+    // Let both instances' invalidation subscriptions come up.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let (status, body) = delete_cache(&a, Some(TOKEN), "shared answer?").await;
+
+    assert_eq!((status, body), (200, serde_json::json!({"deleted": true})));
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            b.source_of("Shared answer?").await == "primary"
+        })
+        .await,
+        "instance b still serves the deleted answer"
+    );
+    assert_eq!(sim.calls("gpt-4o"), 2);
+}
