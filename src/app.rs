@@ -241,7 +241,13 @@ impl App {
             }
         };
         let header_timeout = Duration::from_millis(state.config.server.header_read_timeout_ms);
-        crate::server::serve(listener, router, header_timeout, grace, on_signal).await;
+        let idle = {
+            let state = state.clone();
+            move || {
+                state.inflight.available_permits() == state.config.limits.max_concurrent_requests
+            }
+        };
+        crate::server::serve(listener, router, header_timeout, grace, on_signal, idle).await;
         writer.flush(grace).await;
         for task in background {
             task.abort();

@@ -1,7 +1,9 @@
 //! The HTTP/1.1 accept loop: hyper's connection builder with a header-read timeout (a
 //! client that trickles its headers is cut off instead of holding a task), keep-alive,
 //! `TCP_NODELAY`, and graceful shutdown: once the signal comes, no new connection is
-//! accepted and the open ones finish their requests in flight, within the grace period.
+//! accepted; connections already open keep being served (so a load balancer polling
+//! `/readyz` on one sees the 503) until no request is in flight, then they close after
+//! their current request; all within the grace period.
 
 use std::future::Future;
 use std::time::Duration;
@@ -13,13 +15,15 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 
-/// Serves `router` until `shutdown` completes, then drains for at most `grace`.
+/// Serves `router` until `shutdown` completes, then drains for at most `grace`;
+/// `idle()` tells when no request is in flight.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     header_read_timeout: Duration,
     grace: Duration,
     shutdown: impl Future<Output = ()>,
+    idle: impl Fn() -> bool,
 ) {
     let mut builder = http1::Builder::new();
     builder
@@ -52,10 +56,13 @@ pub async fn serve(
         });
     }
     drop(listener);
-    tokio::select! {
-        _ = graceful.shutdown() => {}
-        _ = tokio::time::sleep(grace) => {
-            tracing::warn!("shutdown grace elapsed with requests still in flight");
+    let drain = async {
+        while !idle() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        graceful.shutdown().await;
+    };
+    if tokio::time::timeout(grace, drain).await.is_err() {
+        tracing::warn!("shutdown grace elapsed with requests still in flight");
     }
 }

@@ -199,3 +199,43 @@ fn api_key_never_appears_in_logs() {
     assert!(logs.contains("serving"), "{logs}");
     assert!(!logs.contains("sk-very-secret-value"));
 }
+
+#[tokio::test]
+async fn readyz_answers_503_draining_on_an_open_connection_during_shutdown() {
+    let redis = Redis::start();
+    let sim = healthy_sim().await;
+    sim.set_behavior(
+        "gpt-4o",
+        resilient_qa::sim::Behavior {
+            latency_ms: 1500,
+            ..Default::default()
+        },
+    );
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut child = service(port, &redis, &sim.base_url()).spawn().unwrap();
+    let prober = reqwest::Client::new();
+    wait_ready(&prober, &base).await; // leaves a keep-alive connection in prober's pool
+    let asker = reqwest::Client::new();
+    let in_flight = tokio::spawn(
+        asker
+            .post(format!("{base}/ask"))
+            .json(&serde_json::json!({"question": "slow"}))
+            .send(),
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    signal(child.id(), "TERM");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let resp = prober.get(format!("{base}/readyz")).send().await.unwrap();
+    let status = resp.status().as_u16();
+    let body: serde_json::Value = resp.json().await.unwrap();
+
+    assert_eq!(status, 503);
+    assert_eq!(body["status"], "draining");
+    assert_eq!(in_flight.await.unwrap().unwrap().status(), 200);
+    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(exit.code(), Some(0));
+}
