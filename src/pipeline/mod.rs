@@ -246,7 +246,6 @@ impl Pipeline {
 
     /// Walks the tiers for `question` (already trimmed and checked) and returns the first
     /// answer. Never fails.
-    #[tracing::instrument(name = "pipeline", skip_all)]
     pub async fn answer(&self, question: &str) -> Answer {
         let deadline = Instant::now() + self.request_timeout;
         let normalized = normalize::normalize(question);

@@ -50,7 +50,8 @@ pub async fn ask(
     };
 
     let pipeline = state.pipeline.clone();
-    let span = tracing::Span::current();
+    // Every log line of the walk (each model call above all) carries the request id.
+    let span = tracing::info_span!("pipeline", request_id = %request_id);
     let task = tokio::spawn(async move {
         use tracing::Instrument;
         pipeline.answer(&question).instrument(span).await

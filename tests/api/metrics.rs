@@ -226,3 +226,30 @@ async fn error_alert_fires_when_default_replies_pass_the_threshold() {
     assert_eq!(stats["alert"]["firing"], true);
     assert_eq!(stats["error_ratio"], 1.0);
 }
+
+#[tokio::test]
+async fn error_ratio_decays_once_errors_leave_the_window() {
+    let redis = Redis::start();
+    let sim = healthy_sim().await;
+    sim.set_behavior("gpt-4o", always("500"));
+    sim.set_behavior("gpt-3.5-turbo", always("500"));
+    let mut config = test_config(&redis.url(), Some(&sim));
+    config.metrics.window_secs = 2;
+    let app = TestApp::spawn(config).await;
+    app.ask("nobody knows").await; // default
+    let during = app.metric("qa_error_ratio").await;
+    sim.set_behavior("gpt-4o", resilient_qa::sim::Behavior::default());
+
+    tokio::time::sleep(std::time::Duration::from_millis(2200)).await;
+    let idle = app.metrics().await;
+    app.ask("a good one").await; // primary
+    let after = app.metrics().await;
+
+    assert_eq!(during, 1.0);
+    assert_eq!(metric_value(&idle, "qa_error_ratio"), 0.0);
+    assert_eq!(metric_value(&idle, "qa_success_ratio"), 1.0);
+    assert_eq!(metric_value(&after, "qa_error_ratio"), 0.0);
+    assert_eq!(metric_value(&after, "qa_fallback_ratio"), 0.0);
+    let (_, stats) = app.get_json("/stats").await;
+    assert_eq!(stats["alert"]["firing"], false);
+}

@@ -239,3 +239,132 @@ async fn readyz_answers_503_draining_on_an_open_connection_during_shutdown() {
         .unwrap();
     assert_eq!(exit.code(), Some(0));
 }
+
+/// Runs the binary with `extra` env, lets `drive` talk to it, stops it with SIGTERM and
+/// returns its stdout lines.
+async fn logs_of<F, Fut>(
+    extra: &[(&str, &str)],
+    sim: &resilient_qa::sim::SimServer,
+    drive: F,
+) -> Vec<String>
+where
+    F: FnOnce(String) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let redis = Redis::start();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let log = std::env::temp_dir().join(format!("qa-log-{}-{port}.txt", std::process::id()));
+    let file = std::fs::File::create(&log).unwrap();
+    let mut cmd = service(port, &redis, &sim.base_url());
+    cmd.stdout(file);
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    wait_ready(&reqwest::Client::new(), &base).await;
+    drive(base).await;
+    signal(child.id(), "TERM");
+    tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let _ = std::fs::remove_file(&log);
+    text.lines().map(str::to_string).collect()
+}
+
+async fn ask_with_id(base: &str, question: &str, id: &str) {
+    let resp = reqwest::Client::new()
+        .post(format!("{base}/ask"))
+        .header("x-request-id", id)
+        .json(&serde_json::json!({ "question": question }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
+#[tokio::test]
+async fn every_model_call_is_logged_as_json_with_request_id_tier_attempt_and_outcome() {
+    let sim = healthy_sim().await;
+    sim.set_behavior("gpt-4o", script(&["503"]));
+
+    let lines = logs_of(
+        &[
+            ("QA__PRIMARY__INITIAL_BACKOFF_MS", "1"),
+            ("QA__PRIMARY__MAX_BACKOFF_MS", "2"),
+        ],
+        &sim,
+        |base| async move {
+            ask_with_id(&base, "log me", "trace-42").await;
+        },
+    )
+    .await;
+
+    let events: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}")))
+        .collect();
+    let calls: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|e| e["tier"] == "primary" && e["attempt"].is_u64())
+        .collect();
+    assert_eq!(calls.len(), 2, "{lines:#?}");
+    assert_eq!(calls[0]["attempt"], 1);
+    assert_eq!(calls[0]["outcome"], "server_error");
+    assert_eq!(calls[1]["attempt"], 2);
+    assert_eq!(calls[1]["outcome"], "success");
+    for c in calls {
+        assert_eq!(c["span"]["request_id"], "trace-42", "{c}");
+    }
+}
+
+#[tokio::test]
+async fn pretty_log_format_is_for_people() {
+    let sim = healthy_sim().await;
+
+    let lines = logs_of(&[("LOG_FORMAT", "pretty")], &sim, |base| async move {
+        ask_with_id(&base, "pretty", "trace-7").await;
+    })
+    .await;
+
+    assert!(lines.iter().any(|l| l.contains("model call")), "{lines:#?}");
+    assert!(
+        lines.iter().all(|l| !l.trim_start().starts_with('{')),
+        "{lines:#?}"
+    );
+}
+
+#[tokio::test]
+async fn error_alert_logs_once_when_it_fires_and_once_when_it_resolves() {
+    let sim = healthy_sim().await;
+    sim.set_behavior("gpt-4o", always("500"));
+    sim.set_behavior("gpt-3.5-turbo", always("500"));
+    let sim_ref = &sim;
+
+    let lines = logs_of(
+        &[
+            ("QA__METRICS__WINDOW_SECS", "2"),
+            ("QA__PRIMARY__INITIAL_BACKOFF_MS", "1"),
+            ("QA__PRIMARY__MAX_BACKOFF_MS", "2"),
+        ],
+        &sim,
+        |base| async move {
+            for i in 0..3 {
+                ask_with_id(&base, &format!("unknowable {i}"), "e").await;
+            }
+            sim_ref.set_behavior("gpt-4o", resilient_qa::sim::Behavior::default());
+            tokio::time::sleep(Duration::from_millis(2500)).await;
+            for i in 0..3 {
+                ask_with_id(&base, &format!("fine {i}"), "ok").await;
+            }
+        },
+    )
+    .await;
+
+    let count = |needle: &str| lines.iter().filter(|l| l.contains(needle)).count();
+    assert_eq!(count("alert firing"), 1, "{lines:#?}");
+    assert_eq!(count("alert resolved"), 1, "{lines:#?}");
+    let firing = lines.iter().find(|l| l.contains("alert firing")).unwrap();
+    assert!(firing.contains("\"level\":\"ERROR\""), "{firing}");
+}
