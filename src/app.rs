@@ -285,7 +285,8 @@ fn redact_url(url: &str) -> String {
 }
 
 /// The routes and the middleware stack. Layers, outermost first:
-/// request id (every response carries one) -> trace span (with the id) -> CORS (when
+/// request id (every response carries one) -> `Connection: close` once draining ->
+/// trace span (with the id) -> CORS (when
 /// origins are configured) -> catch-panic (a panic becomes a JSON 500) -> routes, where
 /// `/ask` alone sheds load past `limits.max_concurrent_requests`.
 pub fn router(state: AppState) -> Router {
@@ -328,6 +329,10 @@ pub fn router(state: AppState) -> Router {
     app.layer(
         ServiceBuilder::new()
             .layer(axum::middleware::from_fn(middleware::request_id))
+            .layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                middleware::close_when_draining,
+            ))
             .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
                 let id = req
                     .headers()

@@ -56,6 +56,23 @@ pub fn new_request_id() -> String {
         .collect()
 }
 
+/// Once shutdown has begun, every response asks the client to close its connection, so
+/// that keep-alive clients go elsewhere instead of sending into a closing socket.
+pub async fn close_when_draining(
+    State(state): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let mut resp = next.run(req).await;
+    if state.draining.load(std::sync::atomic::Ordering::Relaxed) {
+        resp.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            HeaderValue::from_static("close"),
+        );
+    }
+    resp
+}
+
 /// Sheds load past `limits.max_concurrent_requests` in flight: `503 overloaded` at once,
 /// with `Retry-After`, rather than a queue without bound.
 pub async fn load_shed(State(state): State<AppState>, req: Request, next: Next) -> Response {

@@ -1,9 +1,11 @@
 //! The HTTP/1.1 accept loop: hyper's connection builder with a header-read timeout (a
 //! client that trickles its headers is cut off instead of holding a task), keep-alive,
 //! `TCP_NODELAY`, and graceful shutdown: once the signal comes, no new connection is
-//! accepted; connections already open keep being served (so a load balancer polling
-//! `/readyz` on one sees the 503) until no request is in flight, then they close after
-//! their current request; all within the grace period.
+//! accepted; connections already open keep being served for a short notice period (a
+//! load balancer polling `/readyz` on one sees the 503, and every response says
+//! `Connection: close`, so busy clients move off at once without a request lost in a
+//! closing socket); then the remaining connections finish what is in flight and close.
+//! All within the grace period.
 
 use std::future::Future;
 use std::time::Duration;
@@ -14,6 +16,10 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+
+/// How long open connections keep being served after the signal, unless nothing is in
+/// flight sooner.
+const DRAIN_NOTICE: Duration = Duration::from_secs(1);
 
 /// Serves `router` until `shutdown` completes, then drains for at most `grace`;
 /// `idle()` tells when no request is in flight.
@@ -57,9 +63,12 @@ pub async fn serve(
     }
     drop(listener);
     let drain = async {
-        while !idle() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let notice = async {
+            while !idle() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        let _ = tokio::time::timeout(DRAIN_NOTICE.min(grace), notice).await;
         graceful.shutdown().await;
     };
     if tokio::time::timeout(grace, drain).await.is_err() {

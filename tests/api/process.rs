@@ -229,6 +229,11 @@ async fn readyz_answers_503_draining_on_an_open_connection_during_shutdown() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let resp = prober.get(format!("{base}/readyz")).send().await.unwrap();
     let status = resp.status().as_u16();
+    assert_eq!(
+        resp.headers()["connection"],
+        "close",
+        "clients are asked to move off"
+    );
     let body: serde_json::Value = resp.json().await.unwrap();
 
     assert_eq!(status, 503);
