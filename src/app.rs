@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 use crate::config::{Config, OPENAI_OFFICIAL_BASE_URL};
 use crate::error::ApiError;
@@ -333,7 +333,9 @@ pub fn router(state: AppState) -> Router {
                 state.clone(),
                 middleware::close_when_draining,
             ))
-            .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+            // Shed and failed requests are counted in metrics; an ERROR line for each
+            // would flood the logs exactly when they matter most.
+            .layer(TraceLayer::new_for_http().on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)).make_span_with(|req: &Request| {
                 let id = req
                     .headers()
                     .get(REQUEST_ID)

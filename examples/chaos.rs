@@ -1,0 +1,2271 @@
+//! Chaos suite: the real release binaries under steady load, one fault at a time.
+//!
+//! Run it through `scripts/chaos.sh` (which builds the release binaries first), or
+//! directly: `cargo run --release --example chaos -- [--quick] [--scenario NAME]...`.
+//!
+//! For every scenario it starts FRESH processes on free loopback ports: a private
+//! `redis-server`, the release `upstream-sim` and the release `resilient-qa`, drives 50
+//! keep-alive clients that loop `POST /ask` (about 80% unique questions that reach the
+//! models, 20% from a small hot set that the cache answers), injects one fault, and
+//! measures what the clients saw plus the simulator's call counts and the service's
+//! `/metrics` sampled every 250 ms. Every child process is killed on exit, on panic and
+//! on Ctrl-C / SIGTERM (guards with `Drop`). The results are printed as a table and
+//! written to `docs/CHAOS.md`; the exit code is 1 if any check fails.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::fs::File;
+use std::net::TcpListener as StdListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+
+// ---------------------------------------------------------------------------------------
+// Parameters of the suite
+
+/// `server.request_timeout_ms` the suite runs the service with.
+const DEADLINE_MS: u64 = 5000;
+/// `breaker.open_ms` the suite runs the service with (the documented default).
+const OPEN_MS: u64 = 5000;
+/// Attempt timeouts of both tiers, scaled to fit the 5 s deadline the way the defaults
+/// (15 s / 10 s) fit the default 20 s deadline: a hung primary leaves time for the rest.
+const ATTEMPT_TIMEOUT_MS: u64 = 2000;
+/// `server.shutdown_grace_secs` for the suite.
+const GRACE_SECS: u64 = 10;
+/// What the client may add to the server's deadline (scheduling, loopback, parsing) when
+/// checking that the p99 is "within the deadline".
+const DEADLINE_SLACK_MS: f64 = 250.0;
+/// Concurrent looping clients.
+const CLIENTS: usize = 50;
+/// Share of questions drawn from the hot set.
+const HOT_SHARE: f64 = 0.2;
+/// Seed of the simulator's draws and of the clients' question choices.
+const SEED: u64 = 42;
+/// Upstream latency of the simulator.
+const SIM_LATENCY_MS: u64 = 50;
+/// Burst scenario: concurrency limit, simulator latency, burst size.
+const BURST_LIMIT: u64 = 64;
+const BURST_SIM_LATENCY_MS: u64 = 300;
+const BURST_SIZE: usize = 500;
+/// A `503 overloaded` must come back at once: within this, measured at the client.
+const OVERLOADED_MAX_MS: f64 = 100.0;
+/// Client timeout of one request: the deadline plus a margin, so that a request the
+/// service never answers shows up as a transport error instead of stalling a client.
+const CLIENT_TIMEOUT: Duration = Duration::from_millis(DEADLINE_MS + 5000);
+/// Monitor period (`/metrics` and the simulator's call counts).
+const SAMPLE_EVERY: Duration = Duration::from_millis(250);
+/// Whole-suite safety net: past it everything is killed and the run fails.
+const SUITE_BUDGET: Duration = Duration::from_secs(330);
+
+// Scenario targets.
+const TARGET_CALLS_PER_REQUEST: f64 = 1.2;
+const TARGET_DOWN_P99_MS: f64 = 150.0;
+const TARGET_FLAKY_PRIMARY_SHARE: f64 = 0.85;
+const TARGET_FLAKY_P99_MS: f64 = 1000.0;
+const TARGET_RECOVERY_MS: f64 = (OPEN_MS + 2000) as f64;
+
+const PRIMARY: &str = "gpt-4o";
+const SECONDARY: &str = "gpt-3.5-turbo";
+
+/// Questions asked over and over, so the cache has something to hit. None of them is a
+/// canned question.
+const HOT: [&str; 10] = [
+    "Where is my order right now?",
+    "How long does standard shipping take?",
+    "Can I change the delivery address after ordering?",
+    "How do I reset my account password?",
+    "Do you offer gift wrapping?",
+    "What payment methods do you accept?",
+    "How do I apply a discount code?",
+    "Can I cancel an order that has shipped?",
+    "Do you ship to Canada?",
+    "How do I contact a human agent?",
+];
+
+// ---------------------------------------------------------------------------------------
+// Scenarios
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Scenario {
+    RedisKilled,
+    PrimaryDown,
+    PrimaryHang,
+    PrimaryFlaky,
+    Burst,
+    Sigterm,
+}
+
+impl Scenario {
+    const ALL: [Scenario; 6] = [
+        Scenario::RedisKilled,
+        Scenario::PrimaryDown,
+        Scenario::PrimaryHang,
+        Scenario::PrimaryFlaky,
+        Scenario::Burst,
+        Scenario::Sigterm,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Scenario::RedisKilled => "redis_killed",
+            Scenario::PrimaryDown => "primary_down",
+            Scenario::PrimaryHang => "primary_hang",
+            Scenario::PrimaryFlaky => "primary_flaky",
+            Scenario::Burst => "burst",
+            Scenario::Sigterm => "sigterm",
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Scenario::RedisKilled => {
+                "memory cache off; `kill -9` Redis mid-run, restart it on the same port"
+            }
+            Scenario::PrimaryDown => "primary answers 100% 503, then healed",
+            Scenario::PrimaryHang => "primary never answers (hang), then healed",
+            Scenario::PrimaryFlaky => "primary fails 50% (503) at random, seeded",
+            Scenario::Burst => "limit 64 in flight, sim at 300 ms; 500 concurrent requests at once",
+            Scenario::Sigterm => "SIGTERM to the service under load",
+        }
+    }
+
+    /// Phases in seconds: before the fault, the fault, after it.
+    fn phases(self, quick: bool) -> (f64, f64, f64) {
+        match (self, quick) {
+            (Scenario::RedisKilled, false) => (4.0, 6.0, 10.0),
+            (Scenario::RedisKilled, true) => (2.5, 3.0, 6.0),
+            (Scenario::PrimaryDown | Scenario::PrimaryHang, false) => (3.0, 11.0, 9.0),
+            (Scenario::PrimaryDown | Scenario::PrimaryHang, true) => (2.0, 6.0, 8.0),
+            (Scenario::PrimaryFlaky, false) => (2.0, 16.0, 0.0),
+            (Scenario::PrimaryFlaky, true) => (2.0, 8.0, 0.0),
+            (Scenario::Burst, false) => (4.0, 0.0, 6.0),
+            (Scenario::Burst, true) => (2.0, 0.0, 4.0),
+            (Scenario::Sigterm, false) => (4.0, 0.0, 1.0),
+            (Scenario::Sigterm, true) => (2.0, 0.0, 1.0),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Child processes
+
+/// A child process killed (SIGKILL) and reaped when dropped.
+struct Proc {
+    name: String,
+    child: Option<Child>,
+}
+
+impl Proc {
+    fn spawn(name: &str, cmd: &mut Command) -> Result<Proc, String> {
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start {name} ({:?}): {e}", cmd.get_program()))?;
+        Ok(Proc {
+            name: name.to_owned(),
+            child: Some(child),
+        })
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The exit status if it has exited (and reaps it).
+    fn try_wait(&mut self) -> Option<ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().ok()??;
+        self.child = None;
+        Some(status)
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            if let Err(e) = child.kill() {
+                // Already exited: nothing to do but reap.
+                if e.kind() != std::io::ErrorKind::InvalidInput {
+                    eprintln!("chaos: cannot kill {}: {e}", self.name);
+                }
+            }
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn free_port() -> Result<u16, String> {
+    StdListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| format!("no free port: {e}"))
+}
+
+fn log_file(path: &Path) -> Result<Stdio, String> {
+    File::create(path)
+        .map(Stdio::from)
+        .map_err(|e| format!("cannot create {}: {e}", path.display()))
+}
+
+/// A private `redis-server` on a fixed port; can be killed and started again there.
+struct Redis {
+    port: u16,
+    dir: PathBuf,
+    proc: Option<Proc>,
+    starts: u32,
+}
+
+impl Redis {
+    async fn start(dir: &Path) -> Result<Redis, String> {
+        let mut redis = Redis {
+            port: free_port()?,
+            dir: dir.to_owned(),
+            proc: None,
+            starts: 0,
+        };
+        redis.restart().await?;
+        Ok(redis)
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    async fn restart(&mut self) -> Result<(), String> {
+        self.starts += 1;
+        let log = self.dir.join(format!("redis-{}.log", self.starts));
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(log_file(&log)?)
+            .stderr(Stdio::null());
+        self.proc =
+            Some(Proc::spawn("redis-server", &mut cmd).map_err(|e| {
+                format!("{e} (redis-server is needed: run scripts/install-deps.sh)")
+            })?);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if redis_ping(self.port).await {
+                return Ok(());
+            }
+            if let Some(status) = self.proc.as_mut().and_then(Proc::try_wait) {
+                return Err(format!(
+                    "redis-server exited at start ({status}); see {}",
+                    log.display()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Err(format!("redis-server did not answer on port {}", self.port))
+    }
+
+    /// SIGKILL, as in a crash.
+    fn kill(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill();
+        }
+    }
+}
+
+/// `PING` over a raw socket (tokio's `io-util` is not enabled, so try_read/try_write).
+async fn redis_ping(port: u16) -> bool {
+    let connect = tokio::net::TcpStream::connect(("127.0.0.1", port));
+    let Ok(Ok(stream)) = tokio::time::timeout(Duration::from_millis(200), connect).await else {
+        return false;
+    };
+    let io = async {
+        stream.writable().await.ok()?;
+        stream.try_write(b"PING\r\n").ok()?;
+        let mut buf = [0u8; 16];
+        loop {
+            stream.readable().await.ok()?;
+            match stream.try_read(&mut buf) {
+                Ok(n) => return Some(buf[..n].starts_with(b"+PONG")),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(_) => return None,
+            }
+        }
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_millis(300), io).await,
+        Ok(Some(true))
+    )
+}
+
+/// Where the release binaries are: next to this example's `examples/` directory,
+/// unless `CHAOS_BIN_DIR` says otherwise.
+fn bin_dir() -> Result<PathBuf, String> {
+    if let Ok(dir) = std::env::var("CHAOS_BIN_DIR") {
+        return Ok(PathBuf::from(dir));
+    }
+    let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+    exe.parent()
+        .and_then(Path::parent)
+        .map(Path::to_owned)
+        .ok_or_else(|| format!("cannot locate the target directory from {}", exe.display()))
+}
+
+/// The processes of one scenario.
+struct World {
+    redis: Redis,
+    /// Held for its `Drop`.
+    _sim: Proc,
+    sim_base: String,
+    svc: Proc,
+    svc_base: String,
+    svc_log: PathBuf,
+    svc_err: PathBuf,
+    http: reqwest::Client,
+}
+
+struct WorldOpts {
+    sim_latency_ms: u64,
+    env: Vec<(&'static str, String)>,
+}
+
+impl World {
+    async fn start(ctx: &Ctx, sc: Scenario, opts: WorldOpts) -> Result<World, String> {
+        let dir = ctx.tmp.join(sc.name());
+        std::fs::create_dir_all(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(3))
+            .build()
+            .map_err(|e| format!("http client: {e}"))?;
+
+        let redis = Redis::start(&dir).await?;
+
+        let sim_port = free_port()?;
+        let mut cmd = Command::new(ctx.bins.join("upstream-sim"));
+        cmd.args(["--listen", &format!("127.0.0.1:{sim_port}")])
+            .args(["--latency-ms", &opts.sim_latency_ms.to_string()])
+            .args(["--seed", &SEED.to_string()])
+            .env_clear()
+            .envs(base_env())
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(log_file(&dir.join("sim.log"))?)
+            .stderr(log_file(&dir.join("sim.err"))?);
+        let sim = Proc::spawn("upstream-sim", &mut cmd)?;
+        let sim_base = format!("http://127.0.0.1:{sim_port}");
+        wait_http(&http, &format!("{sim_base}/control/calls"), "upstream-sim").await?;
+
+        let svc_port = free_port()?;
+        let svc_log = dir.join("service.log");
+        let svc_err = dir.join("service.err");
+        let mut cmd = Command::new(ctx.bins.join("resilient-qa"));
+        cmd.current_dir(&ctx.root)
+            .env_clear()
+            .envs(base_env())
+            .env("LISTEN_ADDR", format!("127.0.0.1:{svc_port}"))
+            .env("REDIS_URL", redis.url())
+            .env("OPENAI_BASE_URL", format!("{sim_base}/v1"))
+            .env("LOG_FORMAT", "json")
+            .env("RUST_LOG", "warn")
+            .env("QA__SERVER__REQUEST_TIMEOUT_MS", DEADLINE_MS.to_string())
+            .env("QA__SERVER__SHUTDOWN_GRACE_SECS", GRACE_SECS.to_string())
+            .env("QA__BREAKER__OPEN_MS", OPEN_MS.to_string())
+            .env(
+                "QA__PRIMARY__ATTEMPT_TIMEOUT_MS",
+                ATTEMPT_TIMEOUT_MS.to_string(),
+            )
+            .env(
+                "QA__SECONDARY__ATTEMPT_TIMEOUT_MS",
+                ATTEMPT_TIMEOUT_MS.to_string(),
+            )
+            .envs(opts.env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(log_file(&svc_log)?)
+            .stderr(log_file(&svc_err)?);
+        let mut svc = Proc::spawn("resilient-qa", &mut cmd)?;
+        let svc_base = format!("http://127.0.0.1:{svc_port}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(r) = http.get(format!("{svc_base}/healthz")).send().await
+                && r.status().is_success()
+            {
+                break;
+            }
+            if let Some(status) = svc.try_wait() {
+                return Err(format!(
+                    "resilient-qa exited at start ({status}): {}",
+                    [tail(&svc_err, 5), tail(&svc_log, 5)].join(" ").trim()
+                ));
+            }
+            if Instant::now() > deadline {
+                return Err("resilient-qa did not answer /healthz within 20 s".into());
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        Ok(World {
+            redis,
+            _sim: sim,
+            sim_base,
+            svc,
+            svc_base,
+            svc_log,
+            svc_err,
+            http,
+        })
+    }
+
+    /// Replaces a model's behaviour in the simulator.
+    async fn put_model(&self, model: &str, behavior: Value) -> Result<(), String> {
+        let url = format!("{}/control/models/{model}", self.sim_base);
+        let resp = self
+            .http
+            .put(&url)
+            .json(&behavior)
+            .send()
+            .await
+            .map_err(|e| format!("PUT {url}: {e}"))?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(format!("PUT {url}: HTTP {}", resp.status()))
+        }
+    }
+
+    /// WARN/ERROR lines of the service by message (the most frequent first) and panics,
+    /// for the notes.
+    fn log_summary(&self) -> String {
+        let out = std::fs::read_to_string(&self.svc_log).unwrap_or_default();
+        let err = std::fs::read_to_string(&self.svc_err).unwrap_or_default();
+        let mut by: BTreeMap<(String, String), usize> = BTreeMap::new();
+        for line in out.lines() {
+            let Ok(v) = serde_json::from_str::<Value>(line) else {
+                continue;
+            };
+            let level = v["level"].as_str().unwrap_or("?");
+            if level == "WARN" || level == "ERROR" {
+                let msg = v["message"].as_str().unwrap_or("?").to_owned();
+                *by.entry((level.to_owned(), msg)).or_default() += 1;
+            }
+        }
+        let mut top: Vec<_> = by.into_iter().collect();
+        top.sort_by_key(|entry| std::cmp::Reverse(entry.1));
+        let panics = out.matches("panicked").count() + err.matches("panicked").count();
+        let listed: Vec<String> = top
+            .iter()
+            .take(4)
+            .map(|((level, msg), n)| format!("{n}× {level} \"{msg}\""))
+            .collect();
+        format!(
+            "service log: {}{}; {panics} panics",
+            if listed.is_empty() {
+                "no WARN/ERROR lines".to_owned()
+            } else {
+                listed.join(", ")
+            },
+            if top.len() > 4 {
+                format!(" (+{} other messages)", top.len() - 4)
+            } else {
+                String::new()
+            }
+        )
+    }
+}
+
+/// The environment children get: nothing inherited but the basics, so a stray
+/// `OPENAI_API_KEY`, `QA__…` or proxy variable cannot change what is measured.
+fn base_env() -> Vec<(String, String)> {
+    ["PATH", "HOME", "TMPDIR", "LANG"]
+        .iter()
+        .filter_map(|k| std::env::var(k).ok().map(|v| ((*k).to_owned(), v)))
+        .collect()
+}
+
+async fn wait_http(http: &reqwest::Client, url: &str, what: &str) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(r) = http.get(url).send().await
+            && r.status().is_success()
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    Err(format!("{what} did not answer {url} within 10 s"))
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+// ---------------------------------------------------------------------------------------
+// Load
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Source {
+    Cache,
+    Primary,
+    Secondary,
+    Canned,
+    Stale,
+    Default,
+    Other,
+}
+
+impl Source {
+    fn parse(s: &str) -> Source {
+        match s {
+            "cache" => Source::Cache,
+            "primary" => Source::Primary,
+            "secondary" => Source::Secondary,
+            "canned" => Source::Canned,
+            "stale" => Source::Stale,
+            "default" => Source::Default,
+            _ => Source::Other,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Source::Cache => "cache",
+            Source::Primary => "primary",
+            Source::Secondary => "secondary",
+            Source::Canned => "canned",
+            Source::Stale => "stale",
+            Source::Default => "default",
+            Source::Other => "other",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Transport {
+    Connect,
+    Timeout,
+    Other,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outcome {
+    /// 200 with a non-empty answer.
+    Answered(Source),
+    /// 200 whose body is not a proper answer.
+    BadAnswer,
+    /// 503 `overloaded`; whether `Retry-After` was set.
+    Overloaded {
+        retry_after: bool,
+    },
+    /// Any other status.
+    Status(u16),
+    Transport(Transport),
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Rec {
+    /// Seconds since the load started.
+    start: f64,
+    end: f64,
+    outcome: Outcome,
+    burst: bool,
+}
+
+impl Rec {
+    fn ms(&self) -> f64 {
+        (self.end - self.start) * 1000.0
+    }
+
+    fn source(&self) -> Option<Source> {
+        match self.outcome {
+            Outcome::Answered(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    fn is_5xx(&self) -> bool {
+        match self.outcome {
+            Outcome::Overloaded { .. } => true,
+            Outcome::Status(s) => s >= 500,
+            _ => false,
+        }
+    }
+}
+
+fn secs(t0: Instant) -> f64 {
+    t0.elapsed().as_secs_f64()
+}
+
+fn classify_error(e: &reqwest::Error) -> Transport {
+    if e.is_connect() {
+        Transport::Connect
+    } else if e.is_timeout() {
+        Transport::Timeout
+    } else {
+        Transport::Other
+    }
+}
+
+async fn ask(client: &reqwest::Client, url: &str, question: &str, t0: Instant, burst: bool) -> Rec {
+    let start = secs(t0);
+    let outcome = match client
+        .post(url)
+        .json(&json!({ "question": question }))
+        .send()
+        .await
+    {
+        Err(e) => Outcome::Transport(classify_error(&e)),
+        Ok(resp) => {
+            let status = resp.status().as_u16();
+            let retry_after = resp.headers().contains_key("retry-after");
+            match resp.bytes().await {
+                Err(e) => Outcome::Transport(classify_error(&e)),
+                Ok(body) => {
+                    let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                    match status {
+                        200 => match (v["answer"].as_str(), v["source"].as_str()) {
+                            (Some(a), Some(s)) if !a.trim().is_empty() => {
+                                Outcome::Answered(Source::parse(s))
+                            }
+                            _ => Outcome::BadAnswer,
+                        },
+                        503 if v["error"]["code"] == "overloaded" => {
+                            Outcome::Overloaded { retry_after }
+                        }
+                        other => Outcome::Status(other),
+                    }
+                }
+            }
+        }
+    };
+    Rec {
+        start,
+        end: secs(t0),
+        outcome,
+        burst,
+    }
+}
+
+fn load_client() -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .no_proxy()
+        .tcp_nodelay(true)
+        .pool_max_idle_per_host(4)
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(CLIENT_TIMEOUT)
+        .build()
+        .map_err(|e| format!("http client: {e}"))
+}
+
+/// One looping client: ~80% unique questions, ~20% from the hot set.
+async fn client_loop(
+    id: usize,
+    url: String,
+    tag: String,
+    t0: Instant,
+    stop: Arc<AtomicBool>,
+) -> Result<Vec<Rec>, String> {
+    let client = load_client()?;
+    let mut rng = fastrand::Rng::with_seed(SEED.wrapping_mul(1000) + id as u64);
+    let mut recs = Vec::with_capacity(4096);
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let question = if rng.f64() < HOT_SHARE {
+            HOT[rng.usize(..HOT.len())].to_owned()
+        } else {
+            n += 1;
+            format!(
+                "[{tag}] client {id} question {n}: what is the status of order #{}?",
+                rng.u32(100_000..1_000_000)
+            )
+        };
+        let rec = ask(&client, &url, &question, t0, false).await;
+        let answered = rec.source().is_some();
+        recs.push(rec);
+        if !answered {
+            // No busy loop against a port nobody listens on, or against a service that
+            // sheds load (a real client would back off too; this one does not wait for
+            // the whole Retry-After, to keep the pressure on).
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    Ok(recs)
+}
+
+/// `size` concurrent requests with unique questions, fired together at `fire_at` (seconds
+/// since `t0`). Each goes on a connection of its own opened beforehand (a `GET /healthz`,
+/// 50 at a time), so the latency measured is the service's, not the kernel's accept queue
+/// absorbing 500 handshakes at once.
+async fn burst(
+    url: String,
+    health: String,
+    tag: String,
+    size: usize,
+    t0: Instant,
+    fire_at: f64,
+) -> Result<Vec<Rec>, String> {
+    let mut clients = Vec::with_capacity(size);
+    for _ in 0..size {
+        clients.push(
+            reqwest::Client::builder()
+                .no_proxy()
+                .tcp_nodelay(true)
+                .pool_max_idle_per_host(1)
+                .connect_timeout(Duration::from_secs(5))
+                .timeout(CLIENT_TIMEOUT)
+                .build()
+                .map_err(|e| format!("http client: {e}"))?,
+        );
+    }
+    for chunk in clients.chunks(50) {
+        let warm: Vec<_> = chunk
+            .iter()
+            .map(|c| {
+                let (c, health) = (c.clone(), health.clone());
+                tokio::spawn(async move { c.get(health).send().await.is_ok() })
+            })
+            .collect();
+        for w in warm {
+            let _ = w.await;
+        }
+    }
+    let at = t0 + Duration::from_secs_f64(fire_at);
+    let fire = Arc::new(tokio::sync::Barrier::new(size));
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(i, client)| {
+            let (url, fire) = (url.clone(), fire.clone());
+            let question = format!("[{tag}] burst question {i}: is my parcel insured?");
+            tokio::spawn(async move {
+                tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await;
+                fire.wait().await;
+                ask(&client, &url, &question, t0, true).await
+            })
+        })
+        .collect();
+    let mut recs = Vec::with_capacity(size);
+    for t in tasks {
+        recs.push(t.await.map_err(|e| format!("burst task: {e}"))?);
+    }
+    Ok(recs)
+}
+
+// ---------------------------------------------------------------------------------------
+// Monitor: the simulator's call counts and the service's metrics, every 250 ms
+
+#[derive(Clone, Debug, Default)]
+struct Sample {
+    t: f64,
+    /// Calls the simulator received, both models together; `None` if unreachable.
+    calls: Option<u64>,
+    redis_hits: Option<f64>,
+    /// `qa_circuit_state{dependency="primary"|"redis"}`, when exported.
+    primary_circuit: Option<f64>,
+    redis_circuit: Option<f64>,
+}
+
+async fn monitor(
+    http: reqwest::Client,
+    sim_base: String,
+    svc_base: String,
+    t0: Instant,
+    stop: Arc<AtomicBool>,
+) -> Vec<Sample> {
+    let mut samples = Vec::new();
+    let mut tick = tokio::time::interval(SAMPLE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while !stop.load(Ordering::Relaxed) {
+        tick.tick().await;
+        let before = secs(t0);
+        let calls = async {
+            let r = http
+                .get(format!("{sim_base}/control/calls"))
+                .timeout(Duration::from_secs(1))
+                .send()
+                .await
+                .ok()?;
+            r.json::<BTreeMap<String, u64>>().await.ok()
+        };
+        let metrics = async {
+            let r = http
+                .get(format!("{svc_base}/metrics"))
+                .timeout(Duration::from_secs(1))
+                .send()
+                .await
+                .ok()?;
+            r.text().await.ok()
+        };
+        let (calls, metrics) = tokio::join!(calls, metrics);
+        let t = (before + secs(t0)) / 2.0;
+        let metrics = metrics.unwrap_or_default();
+        samples.push(Sample {
+            t,
+            calls: calls.as_ref().map(|c| {
+                c.get(PRIMARY).copied().unwrap_or(0) + c.get(SECONDARY).copied().unwrap_or(0)
+            }),
+            redis_hits: metric_sum(
+                &metrics,
+                "qa_cache_lookups_total",
+                &[("layer", "redis"), ("result", "hit")],
+            ),
+            primary_circuit: metric_sum(&metrics, "qa_circuit_state", &[("dependency", "primary")]),
+            redis_circuit: metric_sum(&metrics, "qa_circuit_state", &[("dependency", "redis")]),
+        });
+    }
+    samples
+}
+
+/// Sum of the samples of `name` whose labels include `labels`; `None` when there is none.
+fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut sum = None;
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (series_name, label_text, rest) = match line.find('{') {
+            Some(open) => {
+                let Some(close) = line.rfind('}') else {
+                    continue;
+                };
+                (&line[..open], &line[open + 1..close], &line[close + 1..])
+            }
+            None => match line.split_once(char::is_whitespace) {
+                Some((n, rest)) => (n, "", rest),
+                None => continue,
+            },
+        };
+        if series_name != name {
+            continue;
+        }
+        let found = parse_labels(label_text);
+        if !labels
+            .iter()
+            .all(|(k, v)| found.get(*k).is_some_and(|f| f == v))
+        {
+            continue;
+        }
+        if let Some(Ok(value)) = rest.split_whitespace().next().map(str::parse::<f64>) {
+            *sum.get_or_insert(0.0) += value;
+        }
+    }
+    sum
+}
+
+/// `a="x",b="y\"z"` → map.
+fn parse_labels(text: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut chars = text.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| *c == ',' || c.is_whitespace()) {
+            chars.next();
+        }
+        let key: String = chars.by_ref().take_while(|c| *c != '=').collect();
+        if key.is_empty() || chars.next() != Some('"') {
+            break;
+        }
+        let mut value = String::new();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => match chars.next() {
+                    Some('n') => value.push('\n'),
+                    Some(other) => value.push(other),
+                    None => break,
+                },
+                '"' => break,
+                c => value.push(c),
+            }
+        }
+        out.insert(key.trim().to_owned(), value);
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------
+// One run of load against a world
+
+struct Load {
+    t0: Instant,
+    stop: Arc<AtomicBool>,
+    clients: Vec<tokio::task::JoinHandle<Result<Vec<Rec>, String>>>,
+    monitor: Option<tokio::task::JoinHandle<Vec<Sample>>>,
+    extra: Vec<tokio::task::JoinHandle<Result<Vec<Rec>, String>>>,
+    url: String,
+    tag: String,
+}
+
+/// A scenario that bails out early (`?`) must not leave its clients looping.
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for handle in self.clients.iter().chain(&self.extra) {
+            handle.abort();
+        }
+        if let Some(monitor) = &self.monitor {
+            monitor.abort();
+        }
+    }
+}
+
+struct Data {
+    recs: Vec<Rec>,
+    samples: Vec<Sample>,
+}
+
+impl Load {
+    fn start(world: &World, sc: Scenario) -> Load {
+        let t0 = Instant::now();
+        let stop = Arc::new(AtomicBool::new(false));
+        let url = format!("{}/ask", world.svc_base);
+        let tag = format!("{}-{}", sc.name(), unix_secs());
+        let clients = (0..CLIENTS)
+            .map(|id| tokio::spawn(client_loop(id, url.clone(), tag.clone(), t0, stop.clone())))
+            .collect();
+        let monitor = tokio::spawn(monitor(
+            world.http.clone(),
+            world.sim_base.clone(),
+            world.svc_base.clone(),
+            t0,
+            stop.clone(),
+        ));
+        Load {
+            t0,
+            stop,
+            clients,
+            monitor: Some(monitor),
+            extra: Vec::new(),
+            url,
+            tag,
+        }
+    }
+
+    fn now(&self) -> f64 {
+        secs(self.t0)
+    }
+
+    async fn sleep_to(&self, t: f64) {
+        let at = self.t0 + Duration::from_secs_f64(t.max(0.0));
+        tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await;
+    }
+
+    /// Prepares `size` connections now and fires one request on each at `fire_at`.
+    fn burst(&mut self, size: usize, fire_at: f64) {
+        self.extra.push(tokio::spawn(burst(
+            self.url.clone(),
+            self.url.replace("/ask", "/healthz"),
+            self.tag.clone(),
+            size,
+            self.t0,
+            fire_at,
+        )));
+    }
+
+    /// Stops the clients (each finishes its request in flight) and the monitor.
+    async fn finish(mut self) -> Result<Data, String> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut recs = Vec::new();
+        let limit = CLIENT_TIMEOUT + Duration::from_secs(5);
+        let handles = std::mem::take(&mut self.clients)
+            .into_iter()
+            .chain(std::mem::take(&mut self.extra));
+        for handle in handles {
+            let abort = handle.abort_handle();
+            match tokio::time::timeout(limit, handle).await {
+                Ok(Ok(Ok(r))) => recs.extend(r),
+                Ok(Ok(Err(e))) => return Err(e),
+                Ok(Err(e)) => return Err(format!("load task failed: {e}")),
+                Err(_) => {
+                    abort.abort();
+                    return Err("a load client did not stop".into());
+                }
+            }
+        }
+        let samples = match self.monitor.take() {
+            Some(monitor) => monitor
+                .await
+                .map_err(|e| format!("monitor task failed: {e}"))?,
+            None => Vec::new(),
+        };
+        recs.sort_by(|a, b| a.start.total_cmp(&b.start));
+        Ok(Data { recs, samples })
+    }
+}
+
+fn unix_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+// ---------------------------------------------------------------------------------------
+// Analysis
+
+#[derive(Clone, Debug)]
+struct Check {
+    name: String,
+    measured: String,
+    target: String,
+    pass: bool,
+}
+
+fn check(name: &str, measured: String, target: &str, pass: bool) -> Check {
+    Check {
+        name: name.to_owned(),
+        measured,
+        target: target.to_owned(),
+        pass,
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+struct Report {
+    name: &'static str,
+    requests: usize,
+    ok: usize,
+    s5xx: usize,
+    overloaded: usize,
+    transport: usize,
+    p50: Option<f64>,
+    p99: Option<f64>,
+    max: Option<f64>,
+    calls_per_request: Option<f64>,
+    primary_share: Option<f64>,
+    recovery_ms: Option<f64>,
+    checks: Vec<Check>,
+    notes: Vec<String>,
+}
+
+impl Report {
+    fn failed(name: &'static str, error: String) -> Report {
+        Report {
+            name,
+            checks: vec![check("scenario ran", error, "ran to completion", false)],
+            ..Report::default()
+        }
+    }
+
+    fn passed(&self) -> bool {
+        self.checks.iter().all(|c| c.pass)
+    }
+}
+
+/// Nearest-rank percentile of latencies in ms.
+fn percentile(sorted: &[f64], q: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    Some(sorted[rank.clamp(1, sorted.len()) - 1])
+}
+
+fn latencies<'a>(recs: impl Iterator<Item = &'a Rec>) -> Vec<f64> {
+    let mut v: Vec<f64> = recs.filter(|r| r.source().is_some()).map(Rec::ms).collect();
+    v.sort_by(f64::total_cmp);
+    v
+}
+
+fn in_window(r: &Rec, from: f64, to: f64) -> bool {
+    r.start >= from && r.start < to
+}
+
+/// Sources of the answers, for the notes.
+fn sources_note<'a>(label: &str, recs: impl Iterator<Item = &'a Rec>) -> String {
+    let mut by: BTreeMap<Source, usize> = BTreeMap::new();
+    for r in recs {
+        if let Some(s) = r.source() {
+            *by.entry(s).or_default() += 1;
+        }
+    }
+    let parts: Vec<String> = by
+        .iter()
+        .map(|(s, n)| format!("{} {n}", s.name()))
+        .collect();
+    format!(
+        "{label}: {}",
+        if parts.is_empty() {
+            "none".into()
+        } else {
+            parts.join(", ")
+        }
+    )
+}
+
+/// Model-bound answers (not from the cache) in a window, and the share from the primary.
+fn primary_share(recs: &[Rec], from: f64, to: f64) -> (usize, Option<f64>) {
+    let answered: Vec<Source> = recs
+        .iter()
+        .filter(|r| in_window(r, from, to))
+        .filter_map(Rec::source)
+        .filter(|s| *s != Source::Cache)
+        .collect();
+    let primary = answered.iter().filter(|s| **s == Source::Primary).count();
+    let share = (!answered.is_empty()).then(|| primary as f64 / answered.len() as f64);
+    (answered.len(), share)
+}
+
+/// Upstream calls (both models) per answered request over `[from, to]`, using the monitor
+/// samples nearest inside the window and the answers completed between them. Returns
+/// (calls per answer that needed a model, calls per answer of any source, calls, answers).
+fn calls_per_request(data: &Data, from: f64, to: f64) -> Option<(f64, f64, u64, usize)> {
+    let inside: Vec<&Sample> = data
+        .samples
+        .iter()
+        .filter(|s| s.t >= from && s.t <= to && s.calls.is_some())
+        .collect();
+    let (a, b) = (inside.first()?, inside.last()?);
+    if b.t - a.t < 0.5 {
+        return None;
+    }
+    let calls = b.calls? - a.calls?;
+    let done = |model_only: bool| {
+        data.recs
+            .iter()
+            .filter(|r| r.end >= a.t && r.end < b.t)
+            .filter_map(Rec::source)
+            .filter(|s| !model_only || *s != Source::Cache)
+            .count()
+    };
+    let (model_bound, all) = (done(true), done(false));
+    if model_bound == 0 || all == 0 {
+        return None;
+    }
+    Some((
+        calls as f64 / model_bound as f64,
+        calls as f64 / all as f64,
+        calls,
+        model_bound,
+    ))
+}
+
+/// First answer from the primary among requests started after `t`: its completion time
+/// minus `t`, in ms.
+fn recovery_after(recs: &[Rec], t: f64, source: Source) -> Option<f64> {
+    recs.iter()
+        .filter(|r| r.start >= t && r.source() == Some(source))
+        .map(|r| r.end)
+        .min_by(f64::total_cmp)
+        .map(|end| (end - t) * 1000.0)
+}
+
+fn max_circuit(samples: &[Sample], from: f64, to: f64, pick: fn(&Sample) -> Option<f64>) -> String {
+    let values: Vec<f64> = samples
+        .iter()
+        .filter(|s| s.t >= from && s.t <= to)
+        .filter_map(pick)
+        .collect();
+    if values.is_empty() {
+        "not exported".into()
+    } else {
+        let max = values.iter().copied().fold(0.0, f64::max);
+        let name = match max as i64 {
+            0 => "closed",
+            1 => "half-open",
+            _ => "open",
+        };
+        format!("max {max} ({name})")
+    }
+}
+
+/// How a record counts toward "every accepted request answered".
+#[derive(PartialEq, Eq)]
+enum Verdict {
+    Answered,
+    /// Not a failure in this scenario (e.g. `overloaded` in the burst, refusals after
+    /// SIGTERM).
+    Excused,
+    Failure,
+}
+
+/// The counts, percentiles and the three checks every scenario gets.
+fn common(report: &mut Report, recs: &[Rec], verdict: impl Fn(&Rec) -> Verdict, overload_ok: bool) {
+    report.requests = recs.len();
+    report.ok = recs.iter().filter(|r| r.source().is_some()).count();
+    report.overloaded = recs
+        .iter()
+        .filter(|r| matches!(r.outcome, Outcome::Overloaded { .. }))
+        .count();
+    report.s5xx = recs.iter().filter(|r| r.is_5xx()).count();
+    let excused = recs
+        .iter()
+        .filter(|r| verdict(r) == Verdict::Excused)
+        .count();
+    let failures: Vec<&Rec> = recs
+        .iter()
+        .filter(|r| verdict(r) == Verdict::Failure)
+        .collect();
+    report.transport = recs
+        .iter()
+        .filter(|r| matches!(r.outcome, Outcome::Transport(_)) && verdict(r) == Verdict::Failure)
+        .count();
+    let lat = latencies(recs.iter());
+    report.p50 = percentile(&lat, 0.50);
+    report.p99 = percentile(&lat, 0.99);
+    report.max = lat.last().copied();
+
+    let bad_5xx = if overload_ok {
+        report.s5xx - report.overloaded
+    } else {
+        report.s5xx
+    };
+    report.checks.push(check(
+        if overload_ok {
+            "no 5xx but overloaded"
+        } else {
+            "no 5xx"
+        },
+        format!("{bad_5xx}"),
+        "0",
+        bad_5xx == 0,
+    ));
+    let mut kinds: BTreeMap<String, usize> = BTreeMap::new();
+    for r in &failures {
+        let k = match r.outcome {
+            Outcome::Transport(t) => format!("transport {t:?}").to_lowercase(),
+            Outcome::Status(s) => format!("HTTP {s}"),
+            Outcome::Overloaded { .. } => "HTTP 503 overloaded".into(),
+            Outcome::BadAnswer => "200 without an answer".into(),
+            Outcome::Answered(_) => "answered".into(),
+        };
+        *kinds.entry(k).or_default() += 1;
+    }
+    let detail = kinds
+        .iter()
+        .map(|(k, n)| format!("{k}: {n}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    report.checks.push(check(
+        "every accepted request answered",
+        if failures.is_empty() {
+            format!("{} failed ({excused} not accepted, excused)", 0)
+        } else {
+            format!("{} failed ({detail}); {excused} excused", failures.len())
+        },
+        "0 failed",
+        failures.is_empty(),
+    ));
+    let limit = DEADLINE_MS as f64 + DEADLINE_SLACK_MS;
+    report.checks.push(check(
+        "p99 within deadline",
+        fmt_ms(report.p99),
+        &format!("≤ {DEADLINE_MS} ms (+{DEADLINE_SLACK_MS:.0} ms client slack)"),
+        report.p99.is_some_and(|p| p <= limit),
+    ));
+}
+
+fn default_verdict(r: &Rec) -> Verdict {
+    if r.source().is_some() {
+        Verdict::Answered
+    } else {
+        Verdict::Failure
+    }
+}
+
+fn fmt_ms(v: Option<f64>) -> String {
+    match v {
+        None => "—".into(),
+        Some(v) if v < 10.0 => format!("{v:.1} ms"),
+        Some(v) => format!("{v:.0} ms"),
+    }
+}
+
+fn fmt_pct(v: Option<f64>) -> String {
+    v.map_or("—".into(), |v| format!("{:.1}%", v * 100.0))
+}
+
+// ---------------------------------------------------------------------------------------
+// The scenarios
+
+struct Ctx {
+    root: PathBuf,
+    bins: PathBuf,
+    tmp: PathBuf,
+    quick: bool,
+}
+
+fn default_opts() -> WorldOpts {
+    WorldOpts {
+        sim_latency_ms: SIM_LATENCY_MS,
+        env: Vec::new(),
+    }
+}
+
+/// CPU time in clock ticks: (busy ticks of the whole machine, ticks of this process and
+/// of its reaped children), from `/proc`. `None` off Linux.
+fn cpu_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let cpu: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...
+    let busy = cpu.iter().take(8).sum::<u64>() - cpu.get(3)? - cpu.get(4)?;
+    let own = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command: state is field 3, utime 14 … cstime 17.
+    let fields: Vec<&str> = own.rsplit_once(')')?.1.split_whitespace().collect();
+    let ours = fields
+        .get(11..15)?
+        .iter()
+        .filter_map(|v| v.parse::<u64>().ok())
+        .sum();
+    Some((busy, ours))
+}
+
+/// How much CPU the suite (runner and its children) and everything else on the machine
+/// used during a scenario, in cores.
+fn cpu_note(before: Option<(u64, u64)>, after: Option<(u64, u64)>, secs: f64) -> Option<String> {
+    let ((b0, o0), (b1, o1)) = (before?, after?);
+    // USER_HZ is 100 on every Linux the suite runs on.
+    let cores = |ticks: u64| ticks as f64 / 100.0 / secs.max(0.001);
+    let ours = cores(o1.saturating_sub(o0));
+    let others = cores((b1.saturating_sub(b0)).saturating_sub(o1.saturating_sub(o0)));
+    let n = std::thread::available_parallelism().map_or(0, |n| n.get());
+    Some(format!(
+        "CPU: the suite used {ours:.2} cores on average, other processes {others:.2} (of {n}){}",
+        if others > 0.5 {
+            " — the machine was shared: latency figures are inflated"
+        } else {
+            ""
+        }
+    ))
+}
+
+async fn run_scenario(ctx: &Ctx, sc: Scenario) -> Report {
+    let started = Instant::now();
+    let cpu_before = cpu_ticks();
+    eprintln!("chaos: {} — {}", sc.name(), sc.describe());
+    let result = match sc {
+        Scenario::RedisKilled => redis_killed(ctx).await,
+        Scenario::PrimaryDown => primary_fault(ctx, sc).await,
+        Scenario::PrimaryHang => primary_fault(ctx, sc).await,
+        Scenario::PrimaryFlaky => primary_flaky(ctx).await,
+        Scenario::Burst => burst_scenario(ctx).await,
+        Scenario::Sigterm => sigterm(ctx).await,
+    };
+    let mut report = result.unwrap_or_else(|e| Report::failed(sc.name(), e));
+    report.name = sc.name();
+    if report.requests > 0
+        && let Some(note) = cpu_note(cpu_before, cpu_ticks(), started.elapsed().as_secs_f64())
+    {
+        report.notes.push(note);
+    }
+    report.notes.push(format!(
+        "wall time {:.1} s",
+        started.elapsed().as_secs_f64()
+    ));
+    let failed: Vec<&str> = report
+        .checks
+        .iter()
+        .filter(|c| !c.pass)
+        .map(|c| c.name.as_str())
+        .collect();
+    eprintln!(
+        "chaos: {} → {} requests, {}",
+        sc.name(),
+        report.requests,
+        if failed.is_empty() {
+            "PASS".to_owned()
+        } else {
+            format!("FAIL ({})", failed.join("; "))
+        }
+    );
+    report
+}
+
+async fn redis_killed(ctx: &Ctx) -> Result<Report, String> {
+    let sc = Scenario::RedisKilled;
+    let (warm, fault, after) = sc.phases(ctx.quick);
+    let mut opts = default_opts();
+    // With the memory layer on, hot questions would keep hitting memory and hide whether
+    // Redis is used again after it returns.
+    opts.env.push(("QA__CACHE__MEMORY_MAX_ENTRIES", "0".into()));
+    let mut world = World::start(ctx, sc, opts).await?;
+    let load = Load::start(&world, sc);
+    load.sleep_to(warm).await;
+    let t_kill = load.now();
+    world.redis.kill();
+    load.sleep_to(warm + fault).await;
+    world.redis.restart().await?;
+    let t_back = load.now();
+    load.sleep_to(warm + fault + after).await;
+    let data = load.finish().await?;
+    let log = world.log_summary();
+    drop(world);
+
+    let mut r = Report::default();
+    common(&mut r, &data.recs, default_verdict, false);
+    let hits_at = |t: f64, last: bool| {
+        let mut it = data
+            .samples
+            .iter()
+            .filter(|s| s.t >= t && s.redis_hits.is_some());
+        if last { it.next_back() } else { it.next() }.and_then(|s| s.redis_hits)
+    };
+    let before = hits_at(0.0, false)
+        .zip(hits_at(t_kill, false))
+        .map(|(a, b)| b - a);
+    let after_delta = hits_at(t_back, false)
+        .zip(hits_at(t_back, true))
+        .map(|(a, b)| b - a);
+    let cache_after = data
+        .recs
+        .iter()
+        .filter(|x| x.start >= t_back && x.source() == Some(Source::Cache))
+        .count();
+    r.recovery_ms = recovery_after(&data.recs, t_back, Source::Cache);
+    r.checks.push(check(
+        "redis hits before the kill (sanity)",
+        before.map_or("not exported".into(), |d| format!("+{d:.0}")),
+        "> 0",
+        before.is_some_and(|d| d > 0.0),
+    ));
+    r.checks.push(check(
+        "cache hits resume after Redis returns",
+        format!(
+            "redis-layer hits +{}, {cache_after} \"cache\" answers after restart; first after {}",
+            after_delta.map_or("?".into(), |d| format!("{d:.0}")),
+            fmt_ms(r.recovery_ms)
+        ),
+        "both > 0",
+        after_delta.is_some_and(|d| d > 0.0) && cache_after > 0,
+    ));
+    let down: Vec<&Rec> = data
+        .recs
+        .iter()
+        .filter(|x| in_window(x, t_kill, t_back))
+        .collect();
+    let lat = latencies(down.iter().copied());
+    r.primary_share = primary_share(&data.recs, t_kill, t_back).1;
+    r.notes.push(format!(
+        "Redis killed at {t_kill:.1} s, back at {t_back:.1} s; while down: {} requests, p50 {}, p99 {}",
+        down.len(),
+        fmt_ms(percentile(&lat, 0.5)),
+        fmt_ms(percentile(&lat, 0.99))
+    ));
+    r.notes.push(sources_note(
+        "answers while Redis was down",
+        down.into_iter(),
+    ));
+    r.notes.push(format!(
+        "redis circuit while down: {}",
+        max_circuit(&data.samples, t_kill, t_back, |s| s.redis_circuit)
+    ));
+    r.notes.push(sources_note("all answers", data.recs.iter()));
+    r.notes.push(log);
+    Ok(r)
+}
+
+async fn primary_fault(ctx: &Ctx, sc: Scenario) -> Result<Report, String> {
+    let (warm, fault, after) = sc.phases(ctx.quick);
+    let world = World::start(ctx, sc, default_opts()).await?;
+    let load = Load::start(&world, sc);
+    load.sleep_to(warm).await;
+    let broken = match sc {
+        Scenario::PrimaryHang => json!({ "mix": { "hang": 1.0 } }),
+        _ => json!({ "latency_ms": SIM_LATENCY_MS, "mix": { "503": 1.0 } }),
+    };
+    world.put_model(PRIMARY, broken).await?;
+    let t_fault = load.now();
+    load.sleep_to(warm + fault).await;
+    // Recovery is measured from before the heal is sent: the slower, honest side.
+    let t_heal = load.now();
+    world
+        .put_model(PRIMARY, json!({ "latency_ms": SIM_LATENCY_MS }))
+        .await?;
+    load.sleep_to(warm + fault + after).await;
+    let data = load.finish().await?;
+    let log = world.log_summary();
+    drop(world);
+
+    let mut r = Report::default();
+    common(&mut r, &data.recs, default_verdict, false);
+    // The steady part of the outage: skip the first 2 s (the breaker opening).
+    let (from, to) = (t_fault + 2.0, t_heal);
+    let cpr = calls_per_request(&data, from, to);
+    r.calls_per_request = cpr.map(|c| c.0);
+    r.primary_share = primary_share(&data.recs, from, to).1;
+    r.recovery_ms = recovery_after(&data.recs, t_heal, Source::Primary);
+    let down: Vec<&Rec> = data
+        .recs
+        .iter()
+        .filter(|x| in_window(x, from, to))
+        .collect();
+    let lat = latencies(down.iter().copied());
+    let p99_down = percentile(&lat, 0.99);
+    if sc == Scenario::PrimaryDown {
+        r.checks.push(check(
+            "upstream calls/request while down (breaker open)",
+            cpr.map_or("no data".into(), |(per_model, per_any, calls, n)| {
+                format!("{per_model:.2} ({calls} calls / {n} model-bound answers; {per_any:.2} per answer of any source)")
+            }),
+            &format!("≤ {TARGET_CALLS_PER_REQUEST}"),
+            cpr.is_some_and(|c| c.0 <= TARGET_CALLS_PER_REQUEST),
+        ));
+        r.checks.push(check(
+            "p99 while down (breaker open)",
+            fmt_ms(p99_down),
+            &format!("< {TARGET_DOWN_P99_MS:.0} ms"),
+            p99_down.is_some_and(|p| p < TARGET_DOWN_P99_MS),
+        ));
+    } else if let Some((per_model, per_any, calls, n)) = cpr {
+        r.notes.push(format!(
+            "upstream calls while hung: {per_model:.2} per model-bound answer ({calls} / {n}), {per_any:.2} per answer"
+        ));
+    }
+    r.checks.push(check(
+        "primary answers again after heal",
+        fmt_ms(r.recovery_ms),
+        &format!("≤ {TARGET_RECOVERY_MS:.0} ms (open_ms + 2 s)"),
+        r.recovery_ms.is_some_and(|v| v <= TARGET_RECOVERY_MS),
+    ));
+    r.notes.push(format!(
+        "fault at {t_fault:.1} s, healed at {t_heal:.1} s; steady window {from:.1}–{to:.1} s: {} requests, p50 {}, p99 {}, max {}",
+        down.len(),
+        fmt_ms(percentile(&lat, 0.5)),
+        fmt_ms(p99_down),
+        fmt_ms(lat.last().copied())
+    ));
+    r.notes.push(sources_note(
+        "answers in the steady window",
+        down.into_iter(),
+    ));
+    r.notes.push(format!(
+        "primary circuit in the steady window: {}",
+        max_circuit(&data.samples, from, to, |s| s.primary_circuit)
+    ));
+    let healed: Vec<&Rec> = data.recs.iter().filter(|x| x.start >= t_heal).collect();
+    r.notes
+        .push(sources_note("answers after heal", healed.into_iter()));
+    r.notes.push(log);
+    Ok(r)
+}
+
+async fn primary_flaky(ctx: &Ctx) -> Result<Report, String> {
+    let sc = Scenario::PrimaryFlaky;
+    let (warm, fault, _) = sc.phases(ctx.quick);
+    let world = World::start(ctx, sc, default_opts()).await?;
+    let load = Load::start(&world, sc);
+    load.sleep_to(warm).await;
+    world
+        .put_model(
+            PRIMARY,
+            json!({ "latency_ms": SIM_LATENCY_MS, "mix": { "503": 0.5 } }),
+        )
+        .await?;
+    let t_fault = load.now();
+    load.sleep_to(warm + fault).await;
+    let t_end = load.now();
+    let data = load.finish().await?;
+    let log = world.log_summary();
+    drop(world);
+
+    let mut r = Report::default();
+    common(&mut r, &data.recs, default_verdict, false);
+    // Requests started while the primary was flaky; the end is cut 0.5 s early so every
+    // one of them finished under the same conditions.
+    let (from, to) = (t_fault, t_end - 0.5);
+    let window: Vec<&Rec> = data
+        .recs
+        .iter()
+        .filter(|x| in_window(x, from, to))
+        .collect();
+    let model_bound: Vec<Source> = window
+        .iter()
+        .filter_map(|x| x.source())
+        .filter(|s| *s != Source::Cache)
+        .collect();
+    let by_model = model_bound
+        .iter()
+        .filter(|s| matches!(s, Source::Primary | Source::Secondary))
+        .count();
+    let (n, share) = primary_share(&data.recs, from, to);
+    r.primary_share = share;
+    let lat = latencies(window.iter().copied());
+    let p99 = percentile(&lat, 0.99);
+    r.calls_per_request = calls_per_request(&data, from, to).map(|c| c.0);
+    let unanswered = window.iter().filter(|x| x.source().is_none()).count();
+    r.checks.push(check(
+        "every request answered by a model",
+        format!(
+            "{by_model} of {n} model-bound answers from primary/secondary; {unanswered} unanswered"
+        ),
+        "100%",
+        n > 0 && by_model == n && unanswered == 0,
+    ));
+    r.checks.push(check(
+        "share answered by the primary",
+        fmt_pct(share),
+        &format!("≥ {:.0}%", TARGET_FLAKY_PRIMARY_SHARE * 100.0),
+        share.is_some_and(|s| s >= TARGET_FLAKY_PRIMARY_SHARE),
+    ));
+    r.checks.push(check(
+        "p99 while flaky",
+        fmt_ms(p99),
+        &format!("< {TARGET_FLAKY_P99_MS:.0} ms"),
+        p99.is_some_and(|p| p < TARGET_FLAKY_P99_MS),
+    ));
+    r.notes.push(format!(
+        "flaky from {t_fault:.1} s to the end ({t_end:.1} s): {} requests, p50 {}, p99 {}, max {}",
+        window.len(),
+        fmt_ms(percentile(&lat, 0.5)),
+        fmt_ms(p99),
+        fmt_ms(lat.last().copied())
+    ));
+    r.notes
+        .push(sources_note("answers while flaky", window.into_iter()));
+    r.notes.push(format!(
+        "primary circuit while flaky: {}",
+        max_circuit(&data.samples, from, to, |s| s.primary_circuit)
+    ));
+    r.notes.push(log);
+    Ok(r)
+}
+
+async fn burst_scenario(ctx: &Ctx) -> Result<Report, String> {
+    let sc = Scenario::Burst;
+    let (warm, _, after) = sc.phases(ctx.quick);
+    let opts = WorldOpts {
+        sim_latency_ms: BURST_SIM_LATENCY_MS,
+        env: vec![(
+            "QA__LIMITS__MAX_CONCURRENT_REQUESTS",
+            BURST_LIMIT.to_string(),
+        )],
+    };
+    let world = World::start(ctx, sc, opts).await?;
+    let mut load = Load::start(&world, sc);
+    load.burst(BURST_SIZE, warm);
+    load.sleep_to(warm + after).await;
+    let data = load.finish().await?;
+    let log = world.log_summary();
+    drop(world);
+
+    let mut r = Report::default();
+    let verdict = |x: &Rec| match x.outcome {
+        Outcome::Answered(_) => Verdict::Answered,
+        Outcome::Overloaded { .. } => Verdict::Excused,
+        _ => Verdict::Failure,
+    };
+    common(&mut r, &data.recs, verdict, true);
+    let mut shed: Vec<f64> = data
+        .recs
+        .iter()
+        .filter(|x| matches!(x.outcome, Outcome::Overloaded { .. }))
+        .map(Rec::ms)
+        .collect();
+    shed.sort_by(f64::total_cmp);
+    let no_retry_after = data
+        .recs
+        .iter()
+        .filter(|x| matches!(x.outcome, Outcome::Overloaded { retry_after: false }))
+        .count();
+    let bursts: Vec<&Rec> = data.recs.iter().filter(|x| x.burst).collect();
+    let t_burst = bursts
+        .iter()
+        .map(|x| x.start)
+        .min_by(f64::total_cmp)
+        .unwrap_or(warm);
+    let burst_ok = bursts.iter().filter(|x| x.source().is_some()).count();
+    let burst_shed = bursts
+        .iter()
+        .filter(|x| matches!(x.outcome, Outcome::Overloaded { .. }))
+        .count();
+    r.checks.push(check(
+        "load shed past the limit",
+        format!(
+            "{} overloaded ({burst_shed} of the {} burst requests; {burst_ok} of them answered)",
+            shed.len(),
+            bursts.len()
+        ),
+        "> 0",
+        !shed.is_empty(),
+    ));
+    let shed_max = shed.last().copied();
+    r.checks.push(check(
+        "overloaded returned at once",
+        format!(
+            "p50 {}, p99 {}, max {}",
+            fmt_ms(percentile(&shed, 0.5)),
+            fmt_ms(percentile(&shed, 0.99)),
+            fmt_ms(shed_max)
+        ),
+        &format!("max ≤ {OVERLOADED_MAX_MS:.0} ms"),
+        shed_max.is_some_and(|m| m <= OVERLOADED_MAX_MS),
+    ));
+    r.checks.push(check(
+        "Retry-After on every overloaded",
+        format!("{no_retry_after} without"),
+        "0 without",
+        no_retry_after == 0,
+    ));
+    // After the burst drained (1 s), the steady clients are served again.
+    let settle = t_burst + 1.5;
+    let late: Vec<&Rec> = data
+        .recs
+        .iter()
+        .filter(|x| !x.burst && x.start >= settle)
+        .collect();
+    let late_ok = late.iter().filter(|x| x.source().is_some()).count();
+    r.checks.push(check(
+        "served again after the burst",
+        format!("{late_ok} of {} answered from {settle:.1} s on", late.len()),
+        "all",
+        !late.is_empty() && late_ok == late.len(),
+    ));
+    let lat = latencies(bursts.iter().copied());
+    r.primary_share = primary_share(&data.recs, 0.0, f64::MAX).1;
+    r.notes.push(format!(
+        "burst of {BURST_SIZE} at {t_burst:.1} s (limit {BURST_LIMIT}, sim {BURST_SIM_LATENCY_MS} ms): answered ones p50 {}, p99 {}",
+        fmt_ms(percentile(&lat, 0.5)),
+        fmt_ms(percentile(&lat, 0.99))
+    ));
+    r.notes.push(sources_note("all answers", data.recs.iter()));
+    r.notes.push(log);
+    Ok(r)
+}
+
+async fn sigterm(ctx: &Ctx) -> Result<Report, String> {
+    let sc = Scenario::Sigterm;
+    let (warm, _, after) = sc.phases(ctx.quick);
+    let mut world = World::start(ctx, sc, default_opts()).await?;
+    let load = Load::start(&world, sc);
+    load.sleep_to(warm).await;
+    let pid = world.svc.pid().ok_or("the service exited before SIGTERM")?;
+    let t_sig = load.now();
+    let sent = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .map_err(|e| format!("kill -TERM: {e}"))?;
+    if !sent.success() {
+        return Err(format!("kill -TERM {pid}: {sent}"));
+    }
+    let give_up = t_sig + GRACE_SECS as f64 + 5.0;
+    let status = loop {
+        if let Some(status) = world.svc.try_wait() {
+            break Some(status);
+        }
+        if load.now() > give_up {
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let t_exit = load.now();
+    load.sleep_to(t_exit + after).await;
+    let data = load.finish().await?;
+    let log = world.log_summary();
+    drop(world);
+
+    let mut r = Report::default();
+    // Every request the service took must be answered. After the signal, a refused
+    // connection is the expected way to say "not taken" and is excused; any other
+    // transport error (a connection closed or reset under a request it had accepted)
+    // is a failure, whenever the request started.
+    // A request started once the process was seen gone cannot have been taken either.
+    let verdict = |x: &Rec| match x.outcome {
+        Outcome::Answered(_) => Verdict::Answered,
+        Outcome::Transport(Transport::Connect) if x.start >= t_sig => Verdict::Excused,
+        Outcome::Transport(_) if x.start >= t_exit => Verdict::Excused,
+        _ => Verdict::Failure,
+    };
+    common(&mut r, &data.recs, verdict, false);
+    let cut: Vec<&Rec> = data
+        .recs
+        .iter()
+        .filter(|x| {
+            matches!(x.outcome, Outcome::Transport(t) if t != Transport::Connect)
+                && x.start < t_exit
+        })
+        .collect();
+    if !cut.is_empty() {
+        let ends_near_exit = cut.iter().filter(|x| (x.end - t_exit).abs() < 0.1).count();
+        let oldest = cut.iter().map(|x| t_exit - x.start).fold(0.0, f64::max);
+        r.notes.push(format!(
+            "{} requests taken on kept-alive connections were cut (closed/reset, not refused): \
+             {ends_near_exit} of them failed within 100 ms of the exit; the oldest had started \
+             {:.0} ms before it",
+            cut.len(),
+            oldest * 1000.0
+        ));
+    }
+    let in_flight = data
+        .recs
+        .iter()
+        .filter(|x| x.start < t_sig && x.end > t_sig)
+        .count();
+    let in_flight_ok = data
+        .recs
+        .iter()
+        .filter(|x| x.start < t_sig && x.end > t_sig && x.source().is_some())
+        .count();
+    r.checks.push(check(
+        "in-flight requests at SIGTERM answered",
+        format!("{in_flight_ok} of {in_flight}"),
+        "all (and > 0)",
+        in_flight > 0 && in_flight_ok == in_flight,
+    ));
+    r.checks.push(check(
+        "exit code 0 after SIGTERM",
+        match status {
+            Some(s) => format!("{s} after {:.2} s", t_exit - t_sig),
+            None => format!("still running after {:.0} s", give_up - t_sig),
+        },
+        &format!("0, within grace ({GRACE_SECS} s)"),
+        status.is_some_and(|s| s.success()) && t_exit - t_sig <= GRACE_SECS as f64 + 1.0,
+    ));
+    let after_sig: Vec<&Rec> = data.recs.iter().filter(|x| x.start >= t_sig).collect();
+    let mut kinds: BTreeMap<String, usize> = BTreeMap::new();
+    for x in &after_sig {
+        let k = match x.outcome {
+            Outcome::Answered(_) => "answered".to_owned(),
+            Outcome::Transport(t) => format!("{t:?}").to_lowercase(),
+            Outcome::Status(s) => format!("HTTP {s}"),
+            other => format!("{other:?}"),
+        };
+        *kinds.entry(k).or_default() += 1;
+    }
+    r.notes.push(format!(
+        "SIGTERM at {t_sig:.2} s, {in_flight} requests in flight; started after it: {}",
+        kinds
+            .iter()
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    let drain = t_exit - t_sig;
+    if status.is_some() && drain >= GRACE_SECS as f64 - 0.1 {
+        r.notes.push(format!(
+            "the service exited {drain:.2} s after SIGTERM, i.e. when the {GRACE_SECS} s grace ran out: \
+             the drain did not complete on its own under keep-alive load"
+        ));
+    }
+    r.notes.push(sources_note("all answers", data.recs.iter()));
+    r.notes.push(log);
+    Ok(r)
+}
+
+// ---------------------------------------------------------------------------------------
+// Output
+
+fn table(reports: &[Report]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "| scenario | requests | 200s | 5xx | overloaded | transport errors | p50 | p99 | max | upstream calls/request | primary share | recovery | checks |"
+    );
+    let _ = writeln!(out, "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|");
+    for r in reports {
+        let failed = r.checks.iter().filter(|c| !c.pass).count();
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.name,
+            r.requests,
+            r.ok,
+            r.s5xx,
+            r.overloaded,
+            r.transport,
+            fmt_ms(r.p50),
+            fmt_ms(r.p99),
+            fmt_ms(r.max),
+            r.calls_per_request
+                .map_or("—".into(), |v| format!("{v:.2}")),
+            fmt_pct(r.primary_share),
+            fmt_ms(r.recovery_ms),
+            if failed == 0 {
+                format!("PASS ({})", r.checks.len())
+            } else {
+                format!("**FAIL** ({failed} of {})", r.checks.len())
+            }
+        );
+    }
+    out
+}
+
+fn checks_table(reports: &[Report]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "| scenario | check | measured | target | result |");
+    let _ = writeln!(out, "|---|---|---|---|---|");
+    for r in reports {
+        for c in &r.checks {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} |",
+                r.name,
+                c.name,
+                c.measured.replace('|', "/"),
+                c.target,
+                if c.pass { "PASS" } else { "**FAIL**" }
+            );
+        }
+    }
+    out
+}
+
+fn notes(reports: &[Report]) -> String {
+    let mut out = String::new();
+    for r in reports {
+        let _ = writeln!(out, "- **{}**", r.name);
+        for n in &r.notes {
+            let _ = writeln!(out, "  - {n}");
+        }
+    }
+    out
+}
+
+fn read_first_line(path: &str, key: &str) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim().to_owned())
+}
+
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let model = read_first_line("/proc/cpuinfo", "model name").unwrap_or_else(|| "?".into());
+    let mem = read_first_line("/proc/meminfo", "MemTotal").unwrap_or_else(|| "?".into());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "?".into());
+    format!(
+        "{} {} ({kernel}), {cpus} CPUs ({model}), {mem} RAM",
+        std::env::consts::OS,
+        std::env::consts::ARCH
+    )
+}
+
+fn git_rev(root: &Path) -> String {
+    let out = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .current_dir(root)
+            .stderr(Stdio::null())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    match out(&["rev-parse", "--short", "HEAD"]) {
+        Some(rev) => {
+            let dirty = out(&["status", "--porcelain", "--untracked-files=no"])
+                .is_some_and(|s| !s.is_empty());
+            if dirty {
+                format!("{rev} + uncommitted changes")
+            } else {
+                rev
+            }
+        }
+        None => "unknown".into(),
+    }
+}
+
+const METHOD: &str = "\
+## What it does
+
+For each scenario the runner starts fresh processes on free `127.0.0.1` ports: a private
+`redis-server --save \"\" --appendonly no`, the release `upstream-sim` (50 ms latency,
+seed 42) and the release `resilient-qa` (`LOG_FORMAT=json`, `RUST_LOG=warn`; its logs go to
+a temporary directory, kept and printed when a check fails). The service runs with
+`QA__SERVER__REQUEST_TIMEOUT_MS=5000`, `QA__BREAKER__OPEN_MS=5000`,
+`QA__SERVER__SHUTDOWN_GRACE_SECS=10` and `QA__PRIMARY__ATTEMPT_TIMEOUT_MS` /
+`QA__SECONDARY__ATTEMPT_TIMEOUT_MS` = 2000 (scaled to the 5 s deadline the way the defaults
+fit 20 s); everything else comes from `config/default.toml`, and the children inherit no
+`QA__*`, `OPENAI_*` or proxy variables. 50 clients, each with its own keep-alive
+connection, loop `POST /ask` with no think time (20 ms pause after anything but a 200):
+about 80% unique questions (they reach the models) and 20% from a hot set of 10 (the cache
+answers them). A monitor samples the simulator's `GET /control/calls` and the service's
+`/metrics` every 250 ms. One fault per scenario:
+
+| scenario | fault |
+|---|---|
+| `redis_killed` | `QA__CACHE__MEMORY_MAX_ENTRIES=0` (so hits must come from Redis); `kill -9` Redis, restart it on the same port (empty) 6 s later |
+| `primary_down` | `PUT /control/models/gpt-4o {\"latency_ms\":50,\"mix\":{\"503\":1.0}}` for 11 s, then healed with `{\"latency_ms\":50}` |
+| `primary_hang` | `{\"mix\":{\"hang\":1.0}}` for 11 s, then healed |
+| `primary_flaky` | `{\"latency_ms\":50,\"mix\":{\"503\":0.5}}` (seeded draws) for 16 s |
+| `burst` | `QA__LIMITS__MAX_CONCURRENT_REQUESTS=64`, simulator at 300 ms; 500 requests with unique questions fired at once (each on a connection opened beforehand, so the kernel's accept queue is not what is measured) on top of the 50 clients |
+| `sigterm` | `kill -TERM` the service under load; wait for it to exit (at most grace + 5 s) |
+
+`--quick` shortens the phases (the heal phases stay ≥ `open_ms` + 3 s so recovery can be
+seen).
+
+## How it is measured
+
+- **requests / 200s / 5xx / overloaded**: every `POST /ask` the clients sent; a 200 counts
+  only with a non-empty `answer` and a `source`.
+- **transport errors**: connection errors, resets and client timeouts (10 s) that count as
+  failures. In `sigterm` only a connection *refused* after the signal (and anything started
+  once the process was seen gone) is excused as \"not accepted\"; a request the service
+  took on a kept-alive connection and then dropped is a failure whenever it started.
+- **p50 / p99 / max**: client-measured latency of the 200s over the whole scenario
+  (nearest rank). The deadline check allows 250 ms of client-side slack over the 5 s
+  deadline.
+- **upstream calls/request**: over the steady part of the fault (from 2 s after it was
+  injected, when a breaker would be open, until the heal): the simulator's calls to both
+  models between two monitor samples, divided by the answers completed between the same
+  samples that needed a model (source other than `cache`). This is stricter than dividing
+  by all answers (the hot-set cache hits would dilute it); both are in the check.
+- **primary share**: answers from `primary` among answers not from the cache, over the
+  fault's window.
+- **recovery**: from just before the heal is sent (or Redis restarted) until the first
+  answer with source `primary` (or `cache` for `redis_killed`) among requests started
+  after it.
+- **circuit**: the highest `qa_circuit_state` the monitor saw in the window (0 closed,
+  1 half-open, 2 open), in the notes.
+
+Targets: no 5xx (but `overloaded` in `burst`); every accepted request answered; p99 within
+the deadline; primary down with the breaker open → ≤ 1.2 upstream calls per request and
+p99 < 150 ms; primary 50% flaky → every request answered by a model, ≥ 85% by the primary,
+p99 < 1 s; healed → primary answers again within `breaker.open_ms` + 2 s; cache hits resume
+after Redis returns; `overloaded` returned at once (≤ 100 ms) with `Retry-After`, and the
+service serves again after the burst; SIGTERM → in-flight requests answered and exit code
+0 within the grace period.
+
+All the processes (load generator included) share one machine, so latency figures carry
+its CPU contention (and that of anything else running): compare runs on the same machine.
+Every child is killed when the runner exits, panics, or gets SIGINT/SIGTERM/SIGHUP; a
+`kill -9` of the runner itself would orphan them. The whole suite is bounded by 330 s.
+";
+
+fn write_doc(
+    path: &Path,
+    command: &str,
+    reports: &[Report],
+    ctx: &Ctx,
+    elapsed: f64,
+) -> Result<(), String> {
+    let date = humantime::format_rfc3339_seconds(SystemTime::now());
+    let passed = reports.iter().filter(|r| r.passed()).count();
+    let mut doc = String::new();
+    let _ = writeln!(doc, "# Chaos suite\n");
+    let _ = writeln!(
+        doc,
+        "Generated by `examples/chaos.rs`; do not edit by hand: run `bash scripts/chaos.sh` \
+         (add `--quick` for a shorter run, `--scenario NAME` for one scenario).\n"
+    );
+    let _ = writeln!(doc, "## Last run\n");
+    let _ = writeln!(doc, "- command: `{command}`");
+    let _ = writeln!(doc, "- date: {date}");
+    let _ = writeln!(doc, "- machine: {}", machine());
+    let _ = writeln!(doc, "- commit: {}", git_rev(&ctx.root));
+    let _ = writeln!(
+        doc,
+        "- mode: {}; {elapsed:.0} s in all; {passed} of {} scenarios passed\n",
+        if ctx.quick { "quick" } else { "full" },
+        reports.len()
+    );
+    let _ = writeln!(doc, "{}", table(reports));
+    let _ = writeln!(doc, "### Checks\n\n{}", checks_table(reports));
+    let _ = writeln!(doc, "### Notes\n\n{}", notes(reports));
+    doc.push_str(METHOD);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
+    }
+    std::fs::write(path, doc).map_err(|e| format!("write {}: {e}", path.display()))
+}
+
+// ---------------------------------------------------------------------------------------
+// Entry point
+
+const USAGE: &str = "\
+usage: chaos [--quick] [--scenario NAME]... [--out PATH] [--keep-logs]
+
+  --quick          shorter phases (about half the time)
+  --scenario NAME  run only this scenario (repeatable, or comma-separated):
+                   redis_killed, primary_down, primary_hang, primary_flaky, burst, sigterm
+  --out PATH       where to write the report (default docs/CHAOS.md)
+  --keep-logs      keep the temporary directory of logs even when every check passed
+
+Needs redis-server on PATH and the release binaries (scripts/chaos.sh builds them).
+Exit code: 0 all checks passed, 1 a check failed, 2 bad usage or setup.
+";
+
+struct Args {
+    quick: bool,
+    scenarios: Vec<Scenario>,
+    out: Option<PathBuf>,
+    keep_logs: bool,
+}
+
+fn parse_args() -> Result<Option<Args>, String> {
+    let mut args = Args {
+        quick: false,
+        scenarios: Vec::new(),
+        out: None,
+        keep_logs: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_owned(), Some(v.to_owned())),
+            _ => (arg.clone(), None),
+        };
+        match flag.as_str() {
+            "-h" | "--help" => return Ok(None),
+            "--quick" => args.quick = true,
+            "--keep-logs" => args.keep_logs = true,
+            "--scenario" | "--out" => {
+                let value = inline
+                    .or_else(|| it.next())
+                    .ok_or_else(|| format!("{flag} needs a value"))?;
+                if flag == "--out" {
+                    args.out = Some(PathBuf::from(value));
+                    continue;
+                }
+                for name in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                    let sc = Scenario::ALL
+                        .into_iter()
+                        .find(|s| s.name() == name)
+                        .ok_or_else(|| format!("unknown scenario {name:?}"))?;
+                    if !args.scenarios.contains(&sc) {
+                        args.scenarios.push(sc);
+                    }
+                }
+            }
+            _ => return Err(format!("unknown argument {arg:?}")),
+        }
+    }
+    if args.scenarios.is_empty() {
+        args.scenarios = Scenario::ALL.to_vec();
+    }
+    Ok(Some(args))
+}
+
+async fn run(args: Args) -> Result<bool, String> {
+    let started = Instant::now();
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let bins = bin_dir()?;
+    for bin in ["resilient-qa", "upstream-sim"] {
+        if !bins.join(bin).is_file() {
+            return Err(format!(
+                "{} is missing: run `cargo build --release --bins` (scripts/chaos.sh does)",
+                bins.join(bin).display()
+            ));
+        }
+    }
+    let tmp = std::env::temp_dir().join(format!(
+        "resilient-qa-chaos-{}-{}",
+        std::process::id(),
+        unix_secs()
+    ));
+    std::fs::create_dir_all(&tmp).map_err(|e| format!("mkdir {}: {e}", tmp.display()))?;
+    let ctx = Ctx {
+        root: root.clone(),
+        bins,
+        tmp,
+        quick: args.quick,
+    };
+    let mut reports = Vec::new();
+    for sc in &args.scenarios {
+        reports.push(run_scenario(&ctx, *sc).await);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+
+    println!();
+    println!("{}", table(&reports));
+    println!("{}", checks_table(&reports));
+    println!("{}", notes(&reports));
+
+    let command = std::env::var("CHAOS_COMMAND").unwrap_or_else(|_| {
+        let rest: Vec<String> = std::env::args().skip(1).collect();
+        format!("cargo run --release --example chaos -- {}", rest.join(" "))
+            .trim_end()
+            .to_owned()
+    });
+    let out = args.out.unwrap_or_else(|| root.join("docs/CHAOS.md"));
+    write_doc(&out, &command, &reports, &ctx, elapsed)?;
+    let all_passed = reports.iter().all(Report::passed);
+    println!("report written to {}", out.display());
+    if all_passed && !args.keep_logs {
+        let _ = std::fs::remove_dir_all(&ctx.tmp);
+    } else {
+        println!("logs kept in {}", ctx.tmp.display());
+    }
+    let failed: Vec<String> = reports
+        .iter()
+        .flat_map(|r| {
+            r.checks
+                .iter()
+                .filter(|c| !c.pass)
+                .map(move |c| format!("{}: {}", r.name, c.name))
+        })
+        .collect();
+    if failed.is_empty() {
+        println!("chaos: all checks passed in {elapsed:.0} s");
+    } else {
+        println!("chaos: {} check(s) FAILED in {elapsed:.0} s:", failed.len());
+        for f in &failed {
+            println!("  - {f}");
+        }
+    }
+    Ok(all_passed)
+}
+
+/// Completes on SIGINT, SIGTERM or SIGHUP, so the guards get dropped.
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let wait = |kind: SignalKind| async move {
+        match signal(kind) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = wait(SignalKind::interrupt()) => "SIGINT",
+        () = wait(SignalKind::terminate()) => "SIGTERM",
+        () = wait(SignalKind::hangup()) => "SIGHUP",
+    }
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(Some(args)) => args,
+        Ok(None) => {
+            print!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("chaos: {e}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("chaos: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    // Dropping the `run` future (signal, budget) drops every guard: children are killed.
+    let code = runtime.block_on(async {
+        tokio::select! {
+            result = tokio::time::timeout(SUITE_BUDGET, run(args)) => match result {
+                Ok(Ok(true)) => ExitCode::SUCCESS,
+                Ok(Ok(false)) => ExitCode::FAILURE,
+                Ok(Err(e)) => {
+                    eprintln!("chaos: {e}");
+                    ExitCode::from(2)
+                }
+                Err(_) => {
+                    eprintln!("chaos: the suite ran past {} s; stopped", SUITE_BUDGET.as_secs());
+                    ExitCode::FAILURE
+                }
+            },
+            signal = interrupted() => {
+                eprintln!("chaos: {signal}: stopping every child process");
+                ExitCode::from(130)
+            }
+        }
+    });
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    code
+}
