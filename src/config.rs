@@ -92,6 +92,7 @@ pub struct CacheConfig {
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
     pub url: String,
+    /// Multiplexed connections to Redis, used in turn.
     pub pool_size: usize,
     /// Longest wait for one Redis command (lookup or write), connecting included.
     pub timeout_ms: u64,
@@ -201,7 +202,7 @@ impl Default for Config {
             },
             redis: RedisConfig {
                 url: "redis://127.0.0.1:6379".into(),
-                pool_size: 16,
+                pool_size: 4,
                 timeout_ms: 100,
             },
             canned: CannedConfig {

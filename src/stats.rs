@@ -28,6 +28,8 @@ pub struct ErrorEvent {
 /// Counts per source over the last `window_secs`, in one-second buckets.
 struct Window {
     secs: u64,
+    /// The second the alert was last evaluated on the answer path.
+    evaluated: u64,
     /// `(second, counts by source)`; a bucket whose second is too old counts as empty.
     buckets: Vec<(u64, [u64; Source::COUNT])>,
 }
@@ -36,6 +38,7 @@ impl Window {
     fn new(secs: u64) -> Self {
         Window {
             secs,
+            evaluated: u64::MAX,
             buckets: vec![(0, [0; Source::COUNT]); secs as usize],
         }
     }
@@ -130,12 +133,24 @@ impl Stats {
         self.started.elapsed().as_secs()
     }
 
+    /// Counts an answer. The alert is re-evaluated (a sum over the whole window) at most
+    /// once a second on this path, and at once when an error might start it firing.
     pub fn record_answer(&self, source: Source) {
         self.totals[source as usize].fetch_add(1, Ordering::Relaxed);
-        if let Ok(mut w) = self.window.lock() {
-            w.record(self.now(), source);
+        let now = self.now();
+        let new_second = match self.window.lock() {
+            Ok(mut w) => {
+                w.record(now, source);
+                let new = w.evaluated != now;
+                w.evaluated = now;
+                new
+            }
+            Err(_) => false,
+        };
+        let may_fire = source == Source::Default && !self.firing.load(Ordering::Relaxed);
+        if new_second || may_fire {
+            self.evaluate_alert();
         }
-        self.evaluate_alert();
     }
 
     pub fn record_error(

@@ -11,11 +11,13 @@
 //! channel, so every instance sharing the Redis drops it from its memory too.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use deadpool_redis::redis;
+use deadpool_redis::redis::aio::MultiplexedConnection;
 use deadpool_redis::{Pool, Runtime, Timeouts};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -67,9 +69,58 @@ const WRITE_BACKLOG: usize = 10_000;
 /// How often the backlog is retried while Redis is away.
 const BACKLOG_RETRY: Duration = Duration::from_millis(500);
 
+/// Multiplexed Redis connections shared by every request (commands pipeline over them),
+/// used in turn, made through the deadpool pool (with its connect timeout) and replaced
+/// after an error. deadpool's own checkout PINGs on every use: a second round trip per
+/// lookup, which halves the throughput of Redis cache hits.
+struct SharedConnections {
+    pool: Pool,
+    slots: Vec<RwLock<Option<MultiplexedConnection>>>,
+    next: AtomicUsize,
+}
+
+impl SharedConnections {
+    fn new(pool: Pool, slots: usize) -> Self {
+        SharedConnections {
+            pool,
+            slots: (0..slots.max(1)).map(|_| RwLock::new(None)).collect(),
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// Runs `f` on a connection; a connection that fails is dropped, so the next use of
+    /// its slot connects afresh.
+    async fn run<T, F, Fut>(&self, f: F) -> Result<T, String>
+    where
+        F: FnOnce(MultiplexedConnection) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        let slot = &self.slots[self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len()];
+        let current = slot.read().ok().and_then(|c| c.clone());
+        let conn = match current {
+            Some(c) => c,
+            None => {
+                let fresh = self.pool.get().await.map_err(|e| e.to_string())?;
+                let conn = deadpool_redis::Connection::take(fresh);
+                if let Ok(mut s) = slot.write() {
+                    *s = Some(conn.clone());
+                }
+                conn
+            }
+        };
+        let result = f(conn).await.map_err(|e| e.to_string());
+        if result.is_err()
+            && let Ok(mut s) = slot.write()
+        {
+            *s = None;
+        }
+        result
+    }
+}
+
 pub struct AnswerCache {
     memory: Option<moka::future::Cache<String, CachedAnswer>>,
-    redis: Pool,
+    redis: SharedConnections,
     redis_timeout: Duration,
     ttl_ms: u64,
     stale_ms: u64,
@@ -125,7 +176,7 @@ impl AnswerCache {
         let cache = Arc::new(AnswerCache {
             breaker,
             memory,
-            redis,
+            redis: SharedConnections::new(redis, redis_cfg.pool_size),
             redis_timeout: timeout,
             ttl_ms,
             stale_ms,
@@ -215,15 +266,12 @@ impl AnswerCache {
         let Some(permit) = self.breaker.try_acquire() else {
             return Err("circuit breaker open".into());
         };
-        let fut = async {
-            let mut conn = self.redis.get().await.map_err(|e| e.to_string())?;
-            let raw: Option<String> = redis::cmd("GET")
+        let fut = self.redis.run(|mut conn| async move {
+            redis::cmd("GET")
                 .arg(key)
-                .query_async(&mut conn)
+                .query_async::<Option<String>>(&mut conn)
                 .await
-                .map_err(|e| e.to_string())?;
-            Ok::<_, String>(raw)
-        };
+        });
         let raw = match tokio::time::timeout(self.redis_timeout, fut).await {
             Ok(r) => r,
             Err(_) => Err(format!(
@@ -275,8 +323,7 @@ impl AnswerCache {
 
     async fn redis_set_unguarded(&self, job: &WriteJob) -> Result<(), String> {
         let ttl_secs = (self.ttl_ms.saturating_add(self.stale_ms) / 1000).max(1);
-        let fut = async {
-            let mut conn = self.redis.get().await.map_err(|e| e.to_string())?;
+        let fut = self.redis.run(|mut conn| async move {
             redis::cmd("SET")
                 .arg(&job.key)
                 .arg(&job.value)
@@ -284,8 +331,7 @@ impl AnswerCache {
                 .arg(ttl_secs)
                 .query_async::<()>(&mut conn)
                 .await
-                .map_err(|e| e.to_string())
-        };
+        });
         match tokio::time::timeout(self.redis_timeout * 5, fut).await {
             Ok(r) => r,
             Err(_) => Err("timed out".into()),
@@ -305,8 +351,7 @@ impl AnswerCache {
             None => false,
         };
         let channel = self.invalidation_channel();
-        let fut = async {
-            let mut conn = self.redis.get().await.map_err(|e| e.to_string())?;
+        let fut = self.redis.run(|mut conn| async move {
             let (removed, _receivers): (u64, u64) = redis::pipe()
                 .cmd("DEL")
                 .arg(key)
@@ -314,10 +359,9 @@ impl AnswerCache {
                 .arg(&channel)
                 .arg(key)
                 .query_async(&mut conn)
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok::<_, String>(removed)
-        };
+                .await?;
+            Ok(removed)
+        });
         let removed = match tokio::time::timeout(self.redis_timeout * 5, fut).await {
             Ok(r) => r?,
             Err(_) => return Err("redis timed out".into()),
@@ -327,13 +371,9 @@ impl AnswerCache {
 
     /// Checks Redis with a PING; the result feeds `/readyz` and `qa_redis_up`.
     pub async fn ping(&self) -> bool {
-        let fut = async {
-            let mut conn = self.redis.get().await.map_err(|e| e.to_string())?;
-            redis::cmd("PING")
-                .query_async::<String>(&mut conn)
-                .await
-                .map_err(|e| e.to_string())
-        };
+        let fut = self.redis.run(|mut conn| async move {
+            redis::cmd("PING").query_async::<String>(&mut conn).await
+        });
         let up = matches!(
             tokio::time::timeout(self.redis_timeout * 5, fut).await,
             Ok(Ok(_))

@@ -191,6 +191,16 @@ pub struct Answer {
     pub external: Duration,
 }
 
+/// A question the fresh cache did not have, with what the rest of the walk needs.
+pub struct Miss {
+    question: String,
+    normalized: String,
+    key: String,
+    stale: Option<CachedAnswer>,
+    deadline: Instant,
+    external: Duration,
+}
+
 /// Identical questions in flight: the leader's answer, once it has one.
 type Flights = Mutex<HashMap<String, watch::Receiver<Option<Answer>>>>;
 
@@ -247,25 +257,50 @@ impl Pipeline {
     /// Walks the tiers for `question` (already trimmed and checked) and returns the first
     /// answer. Never fails.
     pub async fn answer(&self, question: &str) -> Answer {
-        let deadline = Instant::now() + self.request_timeout;
+        match self.lookup(question).await {
+            Ok(hit) => hit,
+            Err(miss) => self.resolve(miss).await,
+        }
+    }
+
+    /// The fresh cache: an answer, or what the rest of the walk needs. Bounded by the
+    /// Redis lookup timeout; the request's deadline starts here.
+    pub async fn lookup(&self, question: &str) -> Result<Answer, Miss> {
+        let started = Instant::now();
+        let deadline = started + self.request_timeout;
         let normalized = normalize::normalize(question);
         let key = self.cache.key(&normalized);
-
-        // A lookup stuck past the deadline yields nothing rather than holding the request.
-        let lookup_started = Instant::now();
-        let found = tokio::time::timeout_at(deadline, self.cache.lookup(&key))
-            .await
-            .unwrap_or_default();
-        let mut external = lookup_started.elapsed();
-        if let Some(hit) = found.fresh {
-            return Answer {
+        let found = self.cache.lookup(&key).await;
+        let external = started.elapsed();
+        match found.fresh {
+            Some(hit) => Ok(Answer {
                 text: hit.answer,
                 source: Source::Cache,
                 model: Some(hit.model),
                 external,
-            };
+            }),
+            None => Err(Miss {
+                question: question.to_string(),
+                normalized,
+                key,
+                stale: found.stale,
+                deadline,
+                external,
+            }),
         }
+    }
 
+    /// The tiers after the fresh cache, for a question the cache did not have.
+    pub async fn resolve(&self, miss: Miss) -> Answer {
+        let Miss {
+            question,
+            normalized,
+            key,
+            stale,
+            deadline,
+            mut external,
+        } = miss;
+        let question = question.as_str();
         // Identical questions in flight share one walk.
         let role = match self.flights.lock() {
             Ok(mut flights) => match flights.get(&key) {
@@ -299,7 +334,7 @@ impl Pipeline {
                     question,
                     &normalized,
                     key.clone(),
-                    found.stale,
+                    stale,
                     deadline,
                     external,
                 )
@@ -315,7 +350,7 @@ impl Pipeline {
                         question,
                         &normalized,
                         key.clone(),
-                        found.stale,
+                        stale,
                         deadline,
                         external,
                     )

@@ -7,7 +7,15 @@ use unicode_normalization::UnicodeNormalization;
 
 /// NFKC, then lower case, then runs of white space folded to one space (and trimmed).
 pub fn normalize(question: &str) -> String {
+    if question.is_ascii() {
+        // ASCII is its own NFKC form: skip the Unicode tables.
+        return fold_white_space(&question.to_ascii_lowercase());
+    }
     let lowered: String = question.nfkc().flat_map(char::to_lowercase).collect();
+    fold_white_space(&lowered)
+}
+
+fn fold_white_space(lowered: &str) -> String {
     let mut out = String::with_capacity(lowered.len());
     for word in lowered.split_whitespace() {
         if !out.is_empty() {
@@ -53,6 +61,14 @@ mod tests {
     #[test]
     fn full_width_latin_letters_fold_to_ascii() {
         assert_eq!(normalize("ＡＢＣ"), "abc");
+    }
+
+    #[test]
+    fn ascii_fast_path_agrees_with_the_unicode_path() {
+        for q in ["Where IS my Order?", " a\tb\n\u{b}c ", "ABC xyz 123 !?"] {
+            let slow: String = q.nfkc().flat_map(char::to_lowercase).collect();
+            assert_eq!(normalize(q), fold_white_space(&slow), "{q:?}");
+        }
     }
 
     #[test]

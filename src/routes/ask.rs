@@ -1,7 +1,8 @@
 //! `POST /ask`: checks the request in the contract's order (size, content type, JSON,
-//! question), then runs the pipeline in a task of its own, so that a client that goes
-//! away does not cancel a model call whose answer will be cached, and a panic in the
-//! pipeline still ends in an answer.
+//! question), looks the question up in the fresh cache, and on a miss runs the rest of
+//! the pipeline in a task of its own, so that a client that goes away does not cancel a
+//! model call whose answer will be cached, and a panic in the pipeline still ends in an
+//! answer.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -49,22 +50,27 @@ pub async fn ask(
         }
     };
 
-    let pipeline = state.pipeline.clone();
-    // Every log line of the walk (each model call above all) carries the request id.
-    let span = tracing::info_span!("pipeline", request_id = %request_id);
-    let task = tokio::spawn(async move {
-        use tracing::Instrument;
-        pipeline.answer(&question).instrument(span).await
-    });
-    let answer = match task.await {
-        Ok(a) => a,
-        Err(e) => {
-            tracing::error!(error = %e, "pipeline task failed; answering with the default reply");
-            Answer {
-                text: Arc::from(DEFAULT_REPLY),
-                source: Source::Default,
-                model: None,
-                external: std::time::Duration::ZERO,
+    let answer = match state.pipeline.lookup(&question).await {
+        Ok(hit) => hit,
+        Err(miss) => {
+            let pipeline = state.pipeline.clone();
+            // Every log line of the walk (each model call above all) carries the id.
+            let span = tracing::info_span!("pipeline", request_id = %request_id);
+            let task = tokio::spawn(async move {
+                use tracing::Instrument;
+                pipeline.resolve(miss).instrument(span).await
+            });
+            match task.await {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::error!(error = %e, "pipeline task failed; answering with the default reply");
+                    Answer {
+                        text: Arc::from(DEFAULT_REPLY),
+                        source: Source::Default,
+                        model: None,
+                        external: Duration::ZERO,
+                    }
+                }
             }
         }
     };
@@ -75,12 +81,22 @@ pub async fn ask(
         .metrics
         .overhead
         .observe(elapsed.saturating_sub(answer.external).as_secs_f64());
-    tracing::info!(
-        source = answer.source.as_str(),
-        model = answer.model.as_deref(),
-        latency_ms = elapsed.as_secs_f64() * 1000.0,
-        "answered"
-    );
+    // Cache hits are the bulk of the traffic and are counted in the metrics; a log line
+    // each would cost more than the answer.
+    if answer.source == Source::Cache {
+        tracing::debug!(
+            source = "cache",
+            latency_ms = elapsed.as_secs_f64() * 1000.0,
+            "answered"
+        );
+    } else {
+        tracing::info!(
+            source = answer.source.as_str(),
+            model = answer.model.as_deref(),
+            latency_ms = elapsed.as_secs_f64() * 1000.0,
+            "answered"
+        );
+    }
     Json(AskResponse {
         answer: &answer.text,
         source: answer.source.as_str(),
