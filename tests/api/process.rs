@@ -42,7 +42,15 @@ fn signal(pid: u32, sig: &str) {
     assert!(status.success());
 }
 
-async fn in_flight_request_completes_on(sig: &str) {
+/// The real binary, ready, with a primary that takes 1.5 s: time to signal it mid-request.
+struct SlowService {
+    redis: Redis,
+    _sim: resilient_qa::sim::SimServer,
+    child: std::process::Child,
+    base: String,
+}
+
+async fn slow_service(client: &reqwest::Client) -> SlowService {
     let redis = Redis::start();
     let sim = healthy_sim().await;
     sim.set_behavior(
@@ -54,9 +62,24 @@ async fn in_flight_request_completes_on(sig: &str) {
     );
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
-    let mut child = service(port, &redis, &sim.base_url()).spawn().unwrap();
+    let child = service(port, &redis, &sim.base_url()).spawn().unwrap();
+    wait_ready(client, &base).await;
+    SlowService {
+        redis,
+        _sim: sim,
+        child,
+        base,
+    }
+}
+
+async fn in_flight_request_completes_on(sig: &str) {
     let client = reqwest::Client::new();
-    wait_ready(&client, &base).await;
+    let SlowService {
+        redis,
+        _sim,
+        mut child,
+        base,
+    } = slow_service(&client).await;
 
     let in_flight = {
         let client = client.clone();
@@ -101,20 +124,13 @@ async fn request_in_flight_at_sigint_completes_and_exit_code_is_zero() {
 
 #[tokio::test]
 async fn new_connections_are_refused_once_draining() {
-    let redis = Redis::start();
-    let sim = healthy_sim().await;
-    sim.set_behavior(
-        "gpt-4o",
-        resilient_qa::sim::Behavior {
-            latency_ms: 1500,
-            ..Default::default()
-        },
-    );
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let mut child = service(port, &redis, &sim.base_url()).spawn().unwrap();
     let client = reqwest::Client::new();
-    wait_ready(&client, &base).await;
+    let SlowService {
+        _sim,
+        mut child,
+        base,
+        redis: _redis,
+    } = slow_service(&client).await;
     let in_flight = tokio::spawn(
         client
             .post(format!("{base}/ask"))
@@ -202,20 +218,14 @@ fn api_key_never_appears_in_logs() {
 
 #[tokio::test]
 async fn readyz_answers_503_draining_on_an_open_connection_during_shutdown() {
-    let redis = Redis::start();
-    let sim = healthy_sim().await;
-    sim.set_behavior(
-        "gpt-4o",
-        resilient_qa::sim::Behavior {
-            latency_ms: 1500,
-            ..Default::default()
-        },
-    );
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let mut child = service(port, &redis, &sim.base_url()).spawn().unwrap();
     let prober = reqwest::Client::new();
-    wait_ready(&prober, &base).await; // leaves a keep-alive connection in prober's pool
+    // Leaves a keep-alive connection in prober's pool.
+    let SlowService {
+        _sim,
+        mut child,
+        base,
+        redis: _redis,
+    } = slow_service(&prober).await;
     let asker = reqwest::Client::new();
     let in_flight = tokio::spawn(
         asker
