@@ -134,7 +134,10 @@ impl App {
             } else {
                 tracing::info!(tier = tier.as_str(), model = %tc.model, base_url = base, "model tier configured");
                 tiers.push(TierSlot::Configured(Box::new(GuardedTier {
-                    client: ModelClient::new(tier, tc, base, api_key.clone(), http.clone()),
+                    client: ModelClient::new(tier, tc, base, api_key.clone(), http.clone())
+                        .map_err(|e| {
+                            BuildError::Setup(format!("{}.base_url: {e}", tier.as_str()))
+                        })?,
                     breaker: Breaker::new(
                         tier.as_str(),
                         &config.breaker,
@@ -286,7 +289,7 @@ fn redact_url(url: &str) -> String {
 
 /// The routes and the middleware stack. Layers, outermost first:
 /// request id (every response carries one) -> `Connection: close` once draining ->
-/// trace span (with the id) -> CORS (when
+/// trace span (with the id, at DEBUG) -> CORS (when
 /// origins are configured) -> catch-panic (a panic becomes a JSON 500) -> routes, where
 /// `/ask` alone sheds load past `limits.max_concurrent_requests`.
 pub fn router(state: AppState) -> Router {
@@ -335,15 +338,23 @@ pub fn router(state: AppState) -> Router {
             ))
             // Shed and failed requests are counted in metrics; an ERROR line for each
             // would flood the logs exactly when they matter most.
-            .layer(TraceLayer::new_for_http().on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)).make_span_with(|req: &Request| {
-                let id = req
-                    .headers()
-                    .get(REQUEST_ID)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("");
-                tracing::info_span!("request", method = %req.method(), path = req.uri().path(), request_id = id)
-            })),
+            .layer(
+                TraceLayer::new_for_http()
+                    .make_span_with(request_span)
+                    .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
+            ),
     )
+}
+
+/// The span of one request, at DEBUG: at the default level it costs nothing, and the
+/// lines that matter (answers, model calls) carry the request id themselves.
+fn request_span(req: &Request) -> tracing::Span {
+    let id = req
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    tracing::debug_span!("request", method = %req.method(), path = req.uri().path(), request_id = id)
 }
 
 async fn not_found(State(state): State<AppState>) -> Response {

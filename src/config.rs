@@ -202,7 +202,7 @@ impl Default for Config {
             },
             redis: RedisConfig {
                 url: "redis://127.0.0.1:6379".into(),
-                pool_size: 4,
+                pool_size: 1,
                 timeout_ms: 100,
             },
             canned: CannedConfig {

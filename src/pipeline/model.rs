@@ -188,7 +188,7 @@ struct ResponseMessage {
 pub struct ModelClient {
     pub tier: Tier,
     pub model: String,
-    url: String,
+    url: reqwest::Url,
     api_key: Option<SecretString>,
     prompt: String,
     temperature: f64,
@@ -204,11 +204,14 @@ impl ModelClient {
         base_url: &str,
         api_key: Option<SecretString>,
         http: reqwest::Client,
-    ) -> Self {
-        ModelClient {
+    ) -> Result<Self, String> {
+        // Parsed once here, not on every call.
+        let url = format!("{}/chat/completions", base_url.trim_end_matches('/'));
+        let url = reqwest::Url::parse(&url).map_err(|e| format!("{url}: {e}"))?;
+        Ok(ModelClient {
             tier,
             model: cfg.model.clone(),
-            url: format!("{}/chat/completions", base_url.trim_end_matches('/')),
+            url,
             api_key,
             prompt: cfg.prompt.clone(),
             temperature: cfg.temperature,
@@ -220,7 +223,7 @@ impl ModelClient {
                 jitter: true,
             },
             http,
-        }
+        })
     }
 
     /// One call, bounded by `timeout`. A completion with no choices, or with empty or
@@ -239,7 +242,11 @@ impl ModelClient {
             }],
             temperature: self.temperature,
         };
-        let mut req = self.http.post(&self.url).timeout(timeout).json(&body);
+        let mut req = self
+            .http
+            .post(self.url.clone())
+            .timeout(timeout)
+            .json(&body);
         if let Some(key) = &self.api_key {
             req = req.bearer_auth(key.expose_secret());
         }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use axum::Extension;
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Json, Response};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -38,11 +38,12 @@ struct AskResponse<'a> {
 pub async fn ask(
     State(state): State<AppState>,
     Extension(RequestId(request_id)): Extension<RequestId>,
-    headers: HeaderMap,
-    body: Body,
+    req: Request,
 ) -> Response {
     let started = Instant::now();
-    let question = match read_question(&state, &headers, body).await {
+    // Taken apart rather than extracted as a HeaderMap, which would copy every header.
+    let (parts, body) = req.into_parts();
+    let question = match read_question(&state, &parts.headers, body).await {
         Ok(q) => q,
         Err(e) => {
             state.reject(e.code);
@@ -63,7 +64,11 @@ pub async fn ask(
             match task.await {
                 Ok(a) => a,
                 Err(e) => {
-                    tracing::error!(error = %e, "pipeline task failed; answering with the default reply");
+                    tracing::error!(
+                        request_id = &*request_id,
+                        error = %e,
+                        "pipeline task failed; answering with the default reply"
+                    );
                     Answer {
                         text: Arc::from(DEFAULT_REPLY),
                         source: Source::Default,
