@@ -64,12 +64,10 @@ impl AppState {
 
     /// Counts an answer, in the metrics and in the monitor.
     pub fn record_answer(&self, source: Source, elapsed: Duration) {
-        let s = source.as_str();
-        self.metrics.requests.with_label_values(&[s]).inc();
-        self.metrics
-            .request_duration
-            .with_label_values(&[s])
-            .observe(elapsed.as_secs_f64());
+        if let Some((count, duration)) = self.metrics.answers.get(source as usize) {
+            count.inc();
+            duration.observe(elapsed.as_secs_f64());
+        }
         self.stats.record_answer(source);
     }
 }
@@ -288,17 +286,13 @@ fn redact_url(url: &str) -> String {
 }
 
 /// The routes and the middleware stack. Layers, outermost first:
-/// request id (every response carries one) -> `Connection: close` once draining ->
-/// trace span (with the id, at DEBUG) -> CORS (when
-/// origins are configured) -> catch-panic (a panic becomes a JSON 500) -> routes, where
-/// `/ask` alone sheds load past `limits.max_concurrent_requests`.
+/// request id (every response carries one; `Connection: close` once draining) -> trace
+/// span (with the id, at DEBUG) -> CORS (when origins are configured) -> catch-panic (a
+/// panic becomes a JSON 500) -> routes. `/ask` sheds load past
+/// `limits.max_concurrent_requests` itself, before reading the body.
 pub fn router(state: AppState) -> Router {
-    let ask = post(routes::ask::ask).layer(axum::middleware::from_fn_with_state(
-        state.clone(),
-        middleware::load_shed,
-    ));
     let mut app = Router::new()
-        .route("/ask", ask)
+        .route("/ask", post(routes::ask::ask))
         .route("/healthz", get(routes::health::healthz))
         .route("/readyz", get(routes::health::readyz))
         .route("/metrics", get(routes::metrics::metrics))
@@ -331,10 +325,9 @@ pub fn router(state: AppState) -> Router {
     }
     app.layer(
         ServiceBuilder::new()
-            .layer(axum::middleware::from_fn(middleware::request_id))
             .layer(axum::middleware::from_fn_with_state(
                 state.clone(),
-                middleware::close_when_draining,
+                middleware::request_id,
             ))
             // Shed and failed requests are counted in metrics; an ERROR line for each
             // would flood the logs exactly when they matter most.

@@ -4,6 +4,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use resilient_qa::app::App;
+
+// The service allocates small, short-lived buffers on every request; mimalloc serves them
+// with far less contention than glibc's allocator (see BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use resilient_qa::config::{self, Config};
 use resilient_qa::{demo, shutdown, telemetry};
 

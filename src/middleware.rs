@@ -1,5 +1,5 @@
-//! Request middleware of our own: request ids and load shedding. (The rest of the stack
-//! comes from tower-http; see `app::router`.)
+//! Request middleware of our own: request ids. (The rest of the stack comes from
+//! tower-http; see `app::router`.)
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -7,10 +7,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use axum::extract::{Request, State};
 use axum::http::HeaderValue;
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 
 use crate::app::AppState;
-use crate::error::ApiError;
 
 pub const REQUEST_ID: &str = "x-request-id";
 
@@ -20,8 +19,10 @@ pub struct RequestId(pub Arc<str>);
 
 /// Keeps the client's `X-Request-Id` when it is 1 to 128 visible ASCII characters, else
 /// makes a new one; the id goes into the request (header and extension) and onto every
-/// response.
-pub async fn request_id(mut req: Request, next: Next) -> Response {
+/// response. Once shutdown has begun, every response also asks the client to close its
+/// connection, so that keep-alive clients go elsewhere instead of sending into a closing
+/// socket.
+pub async fn request_id(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let given = req
         .headers()
         .get(REQUEST_ID)
@@ -34,6 +35,12 @@ pub async fn request_id(mut req: Request, next: Next) -> Response {
     req.extensions_mut().insert(RequestId(Arc::from(id)));
     let mut resp = next.run(req).await;
     resp.headers_mut().insert(REQUEST_ID, header);
+    if state.draining.load(std::sync::atomic::Ordering::Relaxed) {
+        resp.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            HeaderValue::from_static("close"),
+        );
+    }
     resp
 }
 
@@ -54,33 +61,6 @@ pub fn new_request_id() -> String {
         .rev()
         .map(|i| char::from(ALPHABET[((value >> (i * 5)) & 0x1f) as usize]))
         .collect()
-}
-
-/// Once shutdown has begun, every response asks the client to close its connection, so
-/// that keep-alive clients go elsewhere instead of sending into a closing socket.
-pub async fn close_when_draining(
-    State(state): State<AppState>,
-    req: Request,
-    next: Next,
-) -> Response {
-    let mut resp = next.run(req).await;
-    if state.draining.load(std::sync::atomic::Ordering::Relaxed) {
-        resp.headers_mut().insert(
-            axum::http::header::CONNECTION,
-            HeaderValue::from_static("close"),
-        );
-    }
-    resp
-}
-
-/// Sheds load past `limits.max_concurrent_requests` in flight: `503 overloaded` at once,
-/// with `Retry-After`, rather than a queue without bound.
-pub async fn load_shed(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let Ok(_permit) = state.inflight.clone().try_acquire_owned() else {
-        state.reject("overloaded");
-        return ApiError::overloaded().into_response();
-    };
-    next.run(req).await
 }
 
 #[cfg(test)]

@@ -71,6 +71,9 @@ pub struct Metrics {
     pub circuit_state: IntGaugeVec,
     pub overhead: prometheus::Histogram,
     pub coalesced: prometheus::IntCounter,
+    /// `qa_requests_total` and `qa_request_duration_seconds` children, by `Source as
+    /// usize`: resolved once, not hashed on every answer.
+    pub answers: Vec<(prometheus::IntCounter, prometheus::Histogram)>,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -104,7 +107,7 @@ impl Metrics {
             Ok(g)
         };
 
-        let m = Metrics {
+        let mut m = Metrics {
             requests: counter(
                 "qa_requests_total",
                 "Answers given by /ask, by the tier that gave them.",
@@ -205,8 +208,18 @@ impl Metrics {
                 registry.register(Box::new(c.clone()))?;
                 c
             },
+            answers: Vec::new(),
             registry,
         };
+        m.answers = Source::ALL
+            .iter()
+            .map(|s| {
+                (
+                    m.requests.with_label_values(&[s.as_str()]),
+                    m.request_duration.with_label_values(&[s.as_str()]),
+                )
+            })
+            .collect();
         for dependency in DEPENDENCIES {
             m.circuit_state.with_label_values(&[dependency]).set(0);
         }
@@ -218,10 +231,6 @@ impl Metrics {
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
-        for source in Source::ALL {
-            m.requests.with_label_values(&[source.as_str()]);
-            m.request_duration.with_label_values(&[source.as_str()]);
-        }
         for code in REJECTION_CODES {
             m.rejected.with_label_values(&[code]);
         }

@@ -41,6 +41,11 @@ pub async fn ask(
     req: Request,
 ) -> Response {
     let started = Instant::now();
+    // Load shedding: past the limit, 503 at once, rather than a queue without bound.
+    let Ok(_permit) = state.inflight.try_acquire() else {
+        state.reject("overloaded");
+        return ApiError::overloaded().into_response();
+    };
     // Taken apart rather than extracted as a HeaderMap, which would copy every header.
     let (parts, body) = req.into_parts();
     let question = match read_question(&state, &parts.headers, body).await {
