@@ -220,7 +220,7 @@ fn bench_per_request(c: &mut Criterion) {
     });
     let stats = Stats::new(300, 0.01);
     c.bench_function("per_request/stats_record_answer", |b| {
-        b.iter(|| stats.record_answer(black_box(Source::Cache)))
+        b.iter(|| stats.record_answer(black_box(Source::Cache), std::time::Instant::now()))
     });
 }
 

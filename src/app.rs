@@ -63,12 +63,12 @@ impl AppState {
     }
 
     /// Counts an answer, in the metrics and in the monitor.
-    pub fn record_answer(&self, source: Source, elapsed: Duration) {
+    pub fn record_answer(&self, source: Source, started: std::time::Instant, elapsed: Duration) {
         if let Some((count, duration)) = self.metrics.answers.get(source as usize) {
             count.inc();
             duration.observe(elapsed.as_secs_f64());
         }
-        self.stats.record_answer(source);
+        self.stats.record_answer(source, started + elapsed);
     }
 }
 

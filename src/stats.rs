@@ -135,9 +135,9 @@ impl Stats {
 
     /// Counts an answer. The alert is re-evaluated (a sum over the whole window) at most
     /// once a second on this path, and at once when an error might start it firing.
-    pub fn record_answer(&self, source: Source) {
+    pub fn record_answer(&self, source: Source, at: Instant) {
         self.totals[source as usize].fetch_add(1, Ordering::Relaxed);
-        let now = self.now();
+        let now = at.saturating_duration_since(self.started).as_secs();
         let new_second = match self.window.lock() {
             Ok(mut w) => {
                 w.record(now, source);

@@ -42,6 +42,8 @@ pub struct Lookup {
     pub fresh: Option<CachedAnswer>,
     /// An expired answer still inside its stale period: the last tier but one.
     pub stale: Option<CachedAnswer>,
+    /// Time spent waiting on Redis (zero for a memory hit).
+    pub redis_time: Duration,
 }
 
 pub fn now_ms() -> u64 {
@@ -232,7 +234,10 @@ impl AnswerCache {
                 None => self.count("memory", "miss"),
             }
         }
-        match self.redis_get(key).await {
+        let asked = std::time::Instant::now();
+        let got = self.redis_get(key).await;
+        found.redis_time = asked.elapsed();
+        match got {
             Ok(Some(e)) => match self.freshness(&e, now) {
                 Freshness::Fresh => {
                     self.count("redis", "hit");

@@ -257,21 +257,20 @@ impl Pipeline {
     /// Walks the tiers for `question` (already trimmed and checked) and returns the first
     /// answer. Never fails.
     pub async fn answer(&self, question: &str) -> Answer {
-        match self.lookup(question).await {
+        match self.lookup(question, Instant::now()).await {
             Ok(hit) => hit,
             Err(miss) => self.resolve(miss).await,
         }
     }
 
     /// The fresh cache: an answer, or what the rest of the walk needs. Bounded by the
-    /// Redis lookup timeout; the request's deadline starts here.
-    pub async fn lookup(&self, question: &str) -> Result<Answer, Miss> {
-        let started = Instant::now();
+    /// Redis lookup timeout; the request's deadline runs from `started`.
+    pub async fn lookup(&self, question: &str, started: Instant) -> Result<Answer, Miss> {
         let deadline = started + self.request_timeout;
         let normalized = normalize::normalize(question);
         let key = self.cache.key(&normalized);
         let found = self.cache.lookup(&key).await;
-        let external = started.elapsed();
+        let external = found.redis_time;
         match found.fresh {
             Some(hit) => Ok(Answer {
                 text: hit.answer,

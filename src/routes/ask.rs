@@ -10,13 +10,15 @@ use std::time::{Duration, Instant};
 use axum::Extension;
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, header};
-use axum::response::{IntoResponse, Json, Response};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::{Deserialize, Serialize};
 
 use crate::app::AppState;
 use crate::error::ApiError;
+
+const JSON: HeaderValue = HeaderValue::from_static("application/json");
 use crate::middleware::RequestId;
 use crate::pipeline::{Answer, DEFAULT_REPLY, Source};
 
@@ -56,7 +58,7 @@ pub async fn ask(
         }
     };
 
-    let answer = match state.pipeline.lookup(&question).await {
+    let answer = match state.pipeline.lookup(&question, started.into()).await {
         Ok(hit) => hit,
         Err(miss) => {
             let pipeline = state.pipeline.clone();
@@ -86,7 +88,7 @@ pub async fn ask(
     };
 
     let elapsed = started.elapsed();
-    state.record_answer(answer.source, elapsed);
+    state.record_answer(answer.source, started, elapsed);
     state
         .metrics
         .overhead
@@ -107,15 +109,20 @@ pub async fn ask(
             "answered"
         );
     }
-    Json(AskResponse {
+    let body = AskResponse {
         answer: &answer.text,
         source: answer.source.as_str(),
         model: answer.model.as_deref(),
         degraded: answer.source.degraded(),
         latency_ms: (elapsed.as_secs_f64() * 1_000_000.0).round() / 1000.0,
         request_id: &request_id,
-    })
-    .into_response()
+    };
+    // Sized up front: axum's Json starts small and grows, copying the answer each time.
+    let mut buf = Vec::with_capacity(answer.text.len() * 2 + 160);
+    match serde_json::to_writer(&mut buf, &body) {
+        Ok(()) => ([(header::CONTENT_TYPE, JSON)], buf).into_response(),
+        Err(_) => ApiError::internal().into_response(),
+    }
 }
 
 async fn read_question(
