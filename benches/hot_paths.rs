@@ -21,7 +21,7 @@ use std::time::Instant;
 use axum::body::Body;
 use axum::http::Request;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use serde::{Deserialize, Serialize};
+
 use tower::ServiceExt;
 
 use resilient_qa::app::{App, router};
@@ -29,6 +29,7 @@ use resilient_qa::config::Config;
 use resilient_qa::pipeline::Source;
 use resilient_qa::pipeline::cache::{AnswerCache, CachedAnswer, now_ms};
 use resilient_qa::pipeline::normalize::{cache_key, normalize};
+use resilient_qa::routes::ask::{AskRequest, AskResponse};
 use resilient_qa::stats::Stats;
 use resilient_qa::telemetry::Metrics;
 
@@ -146,22 +147,6 @@ fn bench_memory_cache(c: &mut Criterion) {
             })
         })
     });
-}
-
-#[derive(Deserialize)]
-struct AskRequest {
-    #[allow(dead_code)]
-    question: String,
-}
-
-#[derive(Serialize)]
-struct AskResponse<'a> {
-    answer: &'a str,
-    source: &'static str,
-    model: Option<&'a str>,
-    degraded: bool,
-    latency_ms: f64,
-    request_id: &'a str,
 }
 
 fn bench_json(c: &mut Criterion) {

@@ -17,24 +17,26 @@ use serde::{Deserialize, Serialize};
 
 use crate::app::AppState;
 use crate::error::ApiError;
-
-const JSON: HeaderValue = HeaderValue::from_static("application/json");
 use crate::middleware::RequestId;
 use crate::pipeline::{Answer, DEFAULT_REPLY, Source};
 
+const JSON: HeaderValue = HeaderValue::from_static("application/json");
+
+/// The body of `POST /ask`; unknown fields are ignored.
 #[derive(Deserialize)]
-struct AskRequest {
-    question: String,
+pub struct AskRequest {
+    pub question: String,
 }
 
+/// The `200` answer of `POST /ask`.
 #[derive(Serialize)]
-struct AskResponse<'a> {
-    answer: &'a str,
-    source: &'static str,
-    model: Option<&'a str>,
-    degraded: bool,
-    latency_ms: f64,
-    request_id: &'a str,
+pub struct AskResponse<'a> {
+    pub answer: &'a str,
+    pub source: &'static str,
+    pub model: Option<&'a str>,
+    pub degraded: bool,
+    pub latency_ms: f64,
+    pub request_id: &'a str,
 }
 
 pub async fn ask(
