@@ -312,7 +312,7 @@ impl Pipeline {
             },
             Err(_) => Role::Leader(watch::channel(None).0),
         };
-        match role {
+        let leader = match role {
             Role::Follower(mut rx) => {
                 self.metrics.coalesced.inc();
                 let waited = Instant::now();
@@ -329,35 +329,30 @@ impl Pipeline {
                 }
                 // The leader is gone without an answer, or too slow: walk alone.
                 external += waited.elapsed();
-                self.walk(
-                    question,
-                    &normalized,
-                    key.clone(),
-                    stale,
-                    deadline,
-                    external,
-                )
-                .await
+                None
             }
-            Role::Leader(tx) => {
-                let _guard = FlightGuard {
+            Role::Leader(tx) => Some((
+                tx,
+                FlightGuard {
                     flights: &self.flights,
                     key: &key,
-                };
-                let answer = self
-                    .walk(
-                        question,
-                        &normalized,
-                        key.clone(),
-                        stale,
-                        deadline,
-                        external,
-                    )
-                    .await;
-                let _ = tx.send(Some(answer.clone()));
-                answer
-            }
+                },
+            )),
+        };
+        let answer = self
+            .walk(
+                question,
+                &normalized,
+                key.clone(),
+                stale,
+                deadline,
+                external,
+            )
+            .await;
+        if let Some((tx, _guard)) = leader {
+            let _ = tx.send(Some(answer.clone()));
         }
+        answer
     }
 
     /// The tiers after the fresh cache.

@@ -60,15 +60,20 @@ fn post_status(
     })
 }
 
+/// A service with healthy models, driven from a plain (non-async) proptest runner.
+fn serving(rt: &tokio::runtime::Runtime, redis: &Redis) -> (resilient_qa::sim::SimServer, TestApp) {
+    rt.block_on(async {
+        let sim = healthy_sim().await;
+        let app = TestApp::spawn(test_config(&redis.url(), Some(&sim))).await;
+        (sim, app)
+    })
+}
+
 #[test]
 fn arbitrary_bodies_never_get_a_5xx() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let redis = Redis::start();
-    let (_sim, app) = rt.block_on(async {
-        let sim = healthy_sim().await;
-        let app = TestApp::spawn(test_config(&redis.url(), Some(&sim))).await;
-        (sim, app)
-    });
+    let (_sim, app) = serving(&rt, &redis);
 
     runner(300)
         .run(&proptest::collection::vec(any::<u8>(), 0..600), |body| {
@@ -85,11 +90,7 @@ fn arbitrary_bodies_never_get_a_5xx() {
 fn arbitrary_questions_get_an_answer_or_a_422() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let redis = Redis::start();
-    let (_sim, app) = rt.block_on(async {
-        let sim = healthy_sim().await;
-        let app = TestApp::spawn(test_config(&redis.url(), Some(&sim))).await;
-        (sim, app)
-    });
+    let (_sim, app) = serving(&rt, &redis);
 
     runner(300)
         .run(&any::<String>(), |question| {
