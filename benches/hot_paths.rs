@@ -27,7 +27,7 @@ use tower::ServiceExt;
 use resilient_qa::app::{App, router};
 use resilient_qa::config::Config;
 use resilient_qa::pipeline::Source;
-use resilient_qa::pipeline::cache::{AnswerCache, CachedAnswer, now_ms};
+use resilient_qa::pipeline::cache::{AnswerCache, CacheOptions, CachedAnswer, now_ms};
 use resilient_qa::pipeline::normalize::{cache_key, normalize};
 use resilient_qa::routes::ask::{AskRequest, AskResponse};
 use resilient_qa::stats::Stats;
@@ -87,7 +87,11 @@ fn bench_memory_cache(c: &mut Criterion) {
             Ok(m) => m,
             Err(e) => panic!("metrics: {e}"),
         };
-        match AnswerCache::new(&cfg.cache, &cfg.redis, &cfg.breaker, metrics) {
+        let options = CacheOptions {
+            fingerprint: cfg.answer_fingerprint(),
+            max_answer_bytes: cfg.primary.max_response_bytes,
+        };
+        match AnswerCache::new(&cfg.cache, &cfg.redis, &cfg.breaker, options, metrics) {
             Ok((cache, _writer)) => cache,
             Err(e) => panic!("cache: {e}"),
         }
@@ -104,6 +108,7 @@ fn bench_memory_cache(c: &mut Criterion) {
                         answer: Arc::from(format!("answer {i}")),
                         model: Arc::from("gpt-4o"),
                         written_at_ms: now_ms(),
+                        config: Some(cache.fingerprint()),
                     },
                 )
                 .await;
@@ -115,6 +120,7 @@ fn bench_memory_cache(c: &mut Criterion) {
                     answer: Arc::from("Your order ships tomorrow."),
                     model: Arc::from("gpt-4o"),
                     written_at_ms: now_ms(),
+                    config: Some(cache.fingerprint()),
                 },
             )
             .await;
@@ -171,6 +177,7 @@ fn bench_json(c: &mut Criterion) {
         answer: Arc::from(answer),
         model: Arc::from("gpt-4o"),
         written_at_ms: now_ms(),
+        config: Some(Arc::from(Config::default().answer_fingerprint())),
     };
     let raw = match serde_json::to_string(&entry) {
         Ok(s) => s,
@@ -240,6 +247,7 @@ fn bench_router(c: &mut Criterion) {
                     answer: Arc::from("Your order ships tomorrow."),
                     model: Arc::from("gpt-4o"),
                     written_at_ms: now_ms(),
+                    config: Some(pipeline.cache.fingerprint()),
                 },
             )
             .await;
@@ -249,11 +257,13 @@ fn bench_router(c: &mut Criterion) {
 
     let healthz = || {
         Request::get("/healthz")
+            .header("host", "localhost")
             .body(Body::empty())
             .unwrap_or_else(|e| panic!("request: {e}"))
     };
     let ask = || {
         Request::post("/ask")
+            .header("host", "localhost")
             .header("content-type", "application/json")
             .body(Body::from(r#"{"question":"Where is my order?"}"#))
             .unwrap_or_else(|e| panic!("request: {e}"))

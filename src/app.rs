@@ -12,7 +12,7 @@ use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{HeaderName, HeaderValue, Method};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{any, get, post};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
@@ -24,7 +24,7 @@ use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use crate::config::{Config, OPENAI_OFFICIAL_BASE_URL};
 use crate::error::ApiError;
 use crate::middleware::{self, REQUEST_ID};
-use crate::pipeline::cache::{AnswerCache, CacheWriter};
+use crate::pipeline::cache::{AnswerCache, CacheOptions, CacheWriter, RedisState};
 use crate::pipeline::canned::CannedAnswers;
 use crate::pipeline::model::ModelClient;
 use crate::pipeline::{GuardedTier, Pipeline, Source, Tier, TierSlot};
@@ -88,6 +88,10 @@ pub enum BuildError {
         addr: String,
         source: std::io::Error,
     },
+    /// A configuration problem found while building (a file named by the config that
+    /// cannot be read, say): the process exits 2, as for any configuration error.
+    #[error("configuration error: {0}")]
+    Config(String),
     #[error("{0}")]
     Setup(String),
 }
@@ -100,6 +104,9 @@ impl App {
             .tcp_nodelay(true)
             .pool_idle_timeout(Duration::from_secs(90))
             .connect_timeout(Duration::from_secs(5))
+            // A redirect would send the prompt (and the API key) to another host and cache
+            // that host's answer as the tier's: never followed, a failed attempt instead.
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("resilient-qa/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| BuildError::Setup(format!("HTTP client: {e}")))?;
@@ -130,11 +137,15 @@ impl App {
                     model: tc.model.clone(),
                 });
             } else {
-                tracing::info!(tier = tier.as_str(), model = %tc.model, base_url = base, "model tier configured");
+                tracing::info!(tier = tier.as_str(), model = %tc.model, base_url = %crate::redact::url(base), "model tier configured");
                 tiers.push(TierSlot::Configured(Box::new(GuardedTier {
                     client: ModelClient::new(tier, tc, base, api_key.clone(), http.clone())
                         .map_err(|e| {
-                            BuildError::Setup(format!("{}.base_url: {e}", tier.as_str()))
+                            BuildError::Config(format!(
+                                "{}.base_url: {}",
+                                tier.as_str(),
+                                crate::redact::url(&e)
+                            ))
                         })?,
                     breaker: Breaker::new(
                         tier.as_str(),
@@ -151,15 +162,32 @@ impl App {
             config.metrics.error_alert_threshold,
         ));
         let canned = CannedAnswers::load(&config.canned.file)
-            .map_err(|e| BuildError::Setup(format!("canned.file: {e}")))?;
+            .map_err(|e| BuildError::Config(format!("canned.file: {e}")))?;
         tracing::info!(answers = canned.entries(), file = %config.canned.file.display(), "canned answers loaded");
+        let options = CacheOptions {
+            fingerprint: config.answer_fingerprint(),
+            max_answer_bytes: config
+                .primary
+                .max_response_bytes
+                .max(config.secondary.max_response_bytes),
+        };
         let (cache, writer) = AnswerCache::new(
             &config.cache,
             &config.redis,
             &config.breaker,
+            options,
             metrics.clone(),
         )
-        .map_err(BuildError::Setup)?;
+        .map_err(BuildError::Config)?;
+        if let Some(token) = &config.admin_token {
+            let len = secrecy::ExposeSecret::expose_secret(token).chars().count();
+            if len < MIN_ADMIN_TOKEN_CHARS {
+                tracing::warn!(
+                    length = len,
+                    "ADMIN_TOKEN is shorter than {MIN_ADMIN_TOKEN_CHARS} characters: easy to guess; use a long random one"
+                );
+            }
+        }
 
         let pipeline = Arc::new(Pipeline::new(
             cache.clone(),
@@ -180,11 +208,20 @@ impl App {
 
         // First Redis check before serving, so /readyz is right from the start; then
         // one a second. A down Redis is logged, never fatal.
-        if !cache.ping().await {
-            tracing::warn!(url = %redact_url(&config.redis.url), "redis is unreachable; serving without it until it returns");
+        let redis_url = crate::redact::url(&config.redis.url);
+        match cache.ping().await {
+            RedisState::Up => {}
+            RedisState::AuthFailed => tracing::error!(
+                url = %redis_url,
+                "redis refused the credentials (authentication failed); serving without it until they are fixed"
+            ),
+            RedisState::Down => tracing::warn!(
+                url = %redis_url,
+                "redis is unreachable; serving without it until it returns"
+            ),
         }
         let background = vec![
-            tokio::spawn(cache.clone().follow_invalidations(config.redis.url.clone())),
+            tokio::spawn(cache.clone().follow_invalidations()),
             tokio::spawn(watch_redis(cache)),
         ];
 
@@ -248,7 +285,31 @@ impl App {
                 state.inflight.available_permits() == state.config.limits.max_concurrent_requests
             }
         };
-        crate::server::serve(listener, router, header_timeout, grace, on_signal, idle).await;
+        let on_error = {
+            let state = state.clone();
+            move |e: &hyper::Error| {
+                // hyper answers these itself (400, 431) before any route runs: counted
+                // here, so that they show in `qa_rejected_total` like every refusal.
+                if e.is_parse_too_large() {
+                    state.reject("header_too_large");
+                } else if e.is_parse() {
+                    state.reject("bad_request");
+                }
+            }
+        };
+        crate::server::serve(
+            listener,
+            router,
+            crate::server::Limits {
+                header_read_timeout: header_timeout,
+                max_header_bytes: MAX_HEADER_BYTES,
+            },
+            grace,
+            on_signal,
+            idle,
+            on_error,
+        )
+        .await;
         writer.flush(grace).await;
         for task in background {
             task.abort();
@@ -258,30 +319,28 @@ impl App {
     }
 }
 
+/// The most a request's head (request line and headers) may take: 32 KiB, eight times
+/// what browsers send with their cookies; past it hyper answers `431`.
+const MAX_HEADER_BYTES: usize = 32 * 1024;
+
+/// `ADMIN_TOKEN`s shorter than this are accepted, with a warning at start.
+const MIN_ADMIN_TOKEN_CHARS: usize = 16;
+
 async fn watch_redis(cache: Arc<AnswerCache>) {
-    let mut was_up = cache.redis_is_up();
+    let mut was = cache.redis_state();
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let up = cache.ping().await;
-        if up != was_up {
-            if up {
-                tracing::info!("redis is reachable again");
-            } else {
-                tracing::warn!("redis is unreachable; serving without it");
+        let now = cache.ping().await;
+        if now != was {
+            match now {
+                RedisState::Up => tracing::info!("redis is reachable again"),
+                RedisState::Down => tracing::warn!("redis is unreachable; serving without it"),
+                RedisState::AuthFailed => tracing::error!(
+                    "redis refused the credentials (authentication failed); serving without it"
+                ),
             }
-            was_up = up;
+            was = now;
         }
-    }
-}
-
-/// The Redis URL without its password, for logs.
-fn redact_url(url: &str) -> String {
-    match reqwest::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        _ => url.to_string(),
     }
 }
 
@@ -297,8 +356,9 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(routes::health::readyz))
         .route("/metrics", get(routes::metrics::metrics))
         .route("/stats", get(routes::metrics::stats))
-        .route("/admin/cache", delete(routes::admin::delete_cache))
-        .route("/admin/canned/reload", post(routes::admin::reload_canned))
+        // Every method: with admin disabled each answers 404, so nothing tells they exist.
+        .route("/admin/cache", any(routes::admin::delete_cache))
+        .route("/admin/canned/reload", any(routes::admin::reload_canned))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(CatchPanicLayer::custom(

@@ -19,6 +19,25 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULT_CONFIG_FILE: &str = "config/default.toml";
 /// The official endpoint: with no API key, a tier pointing here is not configured.
 pub const OPENAI_OFFICIAL_BASE_URL: &str = "https://api.openai.com/v1";
+/// Default of `primary.max_response_bytes` and `secondary.max_response_bytes`: 1 MiB,
+/// some fifty times the longest completion a chat model writes for one answer.
+pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 1 << 20;
+
+/// Upper bounds of the configured numbers: far past any sensible setting, low enough that
+/// no sum or product of them made by the service can overflow (an instant plus a timeout,
+/// a TTL in milliseconds, a semaphore's permits).
+mod bound {
+    /// One hour, for timeouts and waits in milliseconds.
+    pub const MS: u64 = 3_600_000;
+    /// One day, for windows in seconds.
+    pub const DAY_SECS: u64 = 86_400;
+    /// Ten years, for cache lifetimes in seconds.
+    pub const TTL_SECS: u64 = 315_360_000;
+    /// For counts (attempts, entries, permits, characters).
+    pub const COUNT: u64 = 1_000_000;
+    /// 64 MiB, for sizes in bytes.
+    pub const BYTES: u64 = 64 << 20;
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -41,6 +60,10 @@ pub struct Config {
     /// Token for the admin endpoints, from `ADMIN_TOKEN` only.
     #[serde(skip)]
     pub admin_token: Option<SecretString>,
+    /// The configuration file that was read, if any (none when the default file is
+    /// absent: built-in defaults and the environment only).
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -76,6 +99,11 @@ pub struct TierConfig {
     /// Prompt sent as the user message; `{question}` is replaced by the question.
     pub prompt: String,
     pub temperature: f64,
+    /// `max_tokens` sent upstream; unset sends none (the provider's default).
+    pub max_tokens: Option<u32>,
+    /// Largest response body read from the tier, in bytes; a larger one is an
+    /// `invalid_response` and its connection is dropped.
+    pub max_response_bytes: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -96,6 +124,9 @@ pub struct RedisConfig {
     pub pool_size: usize,
     /// Longest wait for one Redis command (lookup or write), connecting included.
     pub timeout_ms: u64,
+    /// PEM file of the certificate authorities that `rediss://` servers are verified
+    /// against, instead of the system's roots.
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -183,6 +214,8 @@ impl Default for Config {
                 prompt: "你是一个专业的客服助手。请回答用户的问题。\n\n问题:{question}\n\n回答:"
                     .into(),
                 temperature: 0.0,
+                max_tokens: None,
+                max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
             },
             secondary: TierConfig {
                 model: "gpt-3.5-turbo".into(),
@@ -193,6 +226,8 @@ impl Default for Config {
                 attempt_timeout_ms: 10_000,
                 prompt: "简洁回答:{question}".into(),
                 temperature: 0.0,
+                max_tokens: None,
+                max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
             },
             cache: CacheConfig {
                 ttl_secs: 3600,
@@ -204,6 +239,7 @@ impl Default for Config {
                 url: "redis://127.0.0.1:6379".into(),
                 pool_size: 1,
                 timeout_ms: 100,
+                ca_file: None,
             },
             canned: CannedConfig {
                 file: PathBuf::from("config/canned_answers.toml"),
@@ -235,6 +271,7 @@ impl Default for Config {
             },
             api_key: None,
             admin_token: None,
+            source: None,
         }
     }
 }
@@ -283,17 +320,47 @@ impl Config {
             None => (PathBuf::from(DEFAULT_CONFIG_FILE), false),
         };
         let file_layer = match std::fs::read_to_string(&path) {
-            Ok(text) => Some(
-                text.parse::<toml::Table>()
+            Ok(text) => {
+                let mut table = text
+                    .parse::<toml::Table>()
                     .map_err(|e| ConfigError::Parse {
                         path: path.clone(),
                         message: e.to_string(),
-                    })?,
-            ),
+                    })?;
+                resolve_paths(&mut table, path.parent().unwrap_or(Path::new("")));
+                Some(table)
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !must_exist => None,
             Err(source) => return Err(ConfigError::Read { path, source }),
         };
-        Self::from_layers(file_layer, env)
+        let read = file_layer.is_some();
+        let mut config = Self::from_layers(file_layer, env)?;
+        config.source = read.then_some(path);
+        Ok(config)
+    }
+
+    /// A fingerprint of what shapes a model's answer (each tier's model, prompt,
+    /// temperature and `max_tokens`), 16 hex digits: cached answers are fresh only for
+    /// the fingerprint that wrote them.
+    pub fn answer_fingerprint(&self) -> String {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        for t in [&self.primary, &self.secondary] {
+            for part in [
+                t.model.as_str(),
+                t.prompt.as_str(),
+                &t.temperature.to_string(),
+                &t.max_tokens.map(|n| n.to_string()).unwrap_or_default(),
+            ] {
+                h.update((part.len() as u64).to_le_bytes());
+                h.update(part.as_bytes());
+            }
+        }
+        h.finalize()
+            .iter()
+            .take(8)
+            .map(|b| format!("{b:02x}"))
+            .collect()
     }
 
     /// Merges defaults, an optional file layer and the environment, then validates.
@@ -329,14 +396,30 @@ impl Config {
             .listen_addr
             .parse::<SocketAddr>()
             .map_err(|e| key_error("server.listen_addr", format!("not an address: {e}")))?;
-        positive("server.request_timeout_ms", self.server.request_timeout_ms)?;
-        positive(
-            "server.header_read_timeout_ms",
-            self.server.header_read_timeout_ms,
+        let s = &self.server;
+        within(
+            "server.request_timeout_ms",
+            s.request_timeout_ms,
+            1,
+            bound::MS,
         )?;
-        positive(
+        within(
+            "server.header_read_timeout_ms",
+            s.header_read_timeout_ms,
+            1,
+            bound::MS,
+        )?;
+        within(
             "server.body_read_timeout_ms",
-            self.server.body_read_timeout_ms,
+            s.body_read_timeout_ms,
+            1,
+            bound::MS,
+        )?;
+        within(
+            "server.shutdown_grace_secs",
+            s.shutdown_grace_secs,
+            0,
+            bound::DAY_SECS,
         )?;
         for origin in &self.server.cors_allowed_origins {
             http_url("server.cors_allowed_origins", origin)?;
@@ -350,9 +433,28 @@ impl Config {
             if let Some(url) = &tier.base_url {
                 http_url(&k("base_url"), url)?;
             }
-            if tier.max_attempts == 0 {
-                return Err(key_error(&k("max_attempts"), "must be at least 1 (got 0)"));
+            within(
+                &k("max_attempts"),
+                u64::from(tier.max_attempts),
+                1,
+                bound::COUNT,
+            )?;
+            within(
+                &k("initial_backoff_ms"),
+                tier.initial_backoff_ms,
+                0,
+                bound::MS,
+            )?;
+            within(&k("max_backoff_ms"), tier.max_backoff_ms, 0, bound::MS)?;
+            if let Some(n) = tier.max_tokens {
+                within(&k("max_tokens"), u64::from(n), 1, bound::COUNT)?;
             }
+            within(
+                &k("max_response_bytes"),
+                tier.max_response_bytes as u64,
+                1,
+                bound::BYTES,
+            )?;
             if tier.max_backoff_ms < tier.initial_backoff_ms {
                 return Err(key_error(
                     &k("max_backoff_ms"),
@@ -362,7 +464,12 @@ impl Config {
                     ),
                 ));
             }
-            positive(&k("attempt_timeout_ms"), tier.attempt_timeout_ms)?;
+            within(
+                &k("attempt_timeout_ms"),
+                tier.attempt_timeout_ms,
+                1,
+                bound::MS,
+            )?;
             if !tier.prompt.contains("{question}") {
                 return Err(key_error(&k("prompt"), "must contain `{question}`"));
             }
@@ -370,7 +477,19 @@ impl Config {
                 return Err(key_error(&k("temperature"), "must be between 0 and 2"));
             }
         }
-        positive("cache.ttl_secs", self.cache.ttl_secs)?;
+        within("cache.ttl_secs", self.cache.ttl_secs, 1, bound::TTL_SECS)?;
+        within(
+            "cache.stale_ttl_secs",
+            self.cache.stale_ttl_secs,
+            0,
+            bound::TTL_SECS,
+        )?;
+        within(
+            "cache.memory_max_entries",
+            self.cache.memory_max_entries,
+            0,
+            100 * bound::COUNT,
+        )?;
         let url = reqwest::Url::parse(&self.redis.url)
             .map_err(|e| key_error("redis.url", format!("not a URL: {e}")))?;
         if !matches!(url.scheme(), "redis" | "rediss" | "unix" | "redis+unix") {
@@ -382,21 +501,33 @@ impl Config {
                 ),
             ));
         }
-        positive("redis.pool_size", self.redis.pool_size as u64)?;
-        positive("redis.timeout_ms", self.redis.timeout_ms)?;
-        positive(
+        within("redis.pool_size", self.redis.pool_size as u64, 1, 1024)?;
+        within("redis.timeout_ms", self.redis.timeout_ms, 1, 60_000)?;
+        let l = &self.limits;
+        within(
             "limits.max_question_chars",
-            self.limits.max_question_chars as u64,
+            l.max_question_chars as u64,
+            1,
+            bound::COUNT,
         )?;
-        positive("limits.max_body_bytes", self.limits.max_body_bytes as u64)?;
-        positive(
+        within(
+            "limits.max_body_bytes",
+            l.max_body_bytes as u64,
+            1,
+            bound::BYTES,
+        )?;
+        within(
             "limits.max_concurrent_requests",
-            self.limits.max_concurrent_requests as u64,
+            l.max_concurrent_requests as u64,
+            1,
+            bound::COUNT,
         )?;
-        positive("metrics.window_secs", self.metrics.window_secs)?;
-        if self.metrics.window_secs > 86_400 {
-            return Err(key_error("metrics.window_secs", "must be at most 86400"));
-        }
+        within(
+            "metrics.window_secs",
+            self.metrics.window_secs,
+            1,
+            bound::DAY_SECS,
+        )?;
         if !(0.0..=1.0).contains(&self.metrics.error_alert_threshold) {
             return Err(key_error(
                 "metrics.error_alert_threshold",
@@ -407,15 +538,31 @@ impl Config {
             "breaker.consecutive_failures",
             u64::from(self.breaker.consecutive_failures),
         )?;
+        within(
+            "breaker.min_calls",
+            u64::from(self.breaker.min_calls),
+            0,
+            u64::from(u32::MAX),
+        )?;
         if !(self.breaker.failure_ratio > 0.0 && self.breaker.failure_ratio <= 1.0) {
             return Err(key_error("breaker.failure_ratio", "must be in (0, 1]"));
         }
-        positive("breaker.window_secs", self.breaker.window_secs)?;
-        positive("breaker.open_ms", self.breaker.open_ms)?;
+        within(
+            "breaker.window_secs",
+            self.breaker.window_secs,
+            1,
+            bound::DAY_SECS,
+        )?;
+        within("breaker.open_ms", self.breaker.open_ms, 1, bound::MS)?;
         if !(0.0..=10.0).contains(&self.retry_budget.ratio) {
             return Err(key_error("retry_budget.ratio", "must be between 0 and 10"));
         }
-        positive("retry_budget.window_secs", self.retry_budget.window_secs)?;
+        within(
+            "retry_budget.window_secs",
+            self.retry_budget.window_secs,
+            1,
+            bound::DAY_SECS,
+        )?;
         Ok(())
     }
 
@@ -443,6 +590,23 @@ fn positive(key: &str, value: u64) -> Result<(), ConfigError> {
     }
 }
 
+/// `value` must lie in `min..=max`.
+fn within(key: &str, value: u64, min: u64, max: u64) -> Result<(), ConfigError> {
+    if value < min {
+        Err(key_error(
+            key,
+            format!("must be at least {min} (got {value})"),
+        ))
+    } else if value > max {
+        Err(key_error(
+            key,
+            format!("must be at most {max} (got {value})"),
+        ))
+    } else {
+        Ok(())
+    }
+}
+
 fn http_url(key: &str, value: &str) -> Result<(), ConfigError> {
     let url = reqwest::Url::parse(value)
         .map_err(|e| key_error(key, format!("not a URL ({value:?}): {e}")))?;
@@ -453,6 +617,21 @@ fn http_url(key: &str, value: &str) -> Result<(), ConfigError> {
         ));
     }
     Ok(())
+}
+
+/// Keys of the file that name files: a relative path there is relative to the
+/// configuration file's folder, wherever the service is started from.
+const PATH_KEYS: &[(&str, &str)] = &[("canned", "file"), ("redis", "ca_file")];
+
+fn resolve_paths(table: &mut toml::Table, folder: &Path) {
+    for (section, key) in PATH_KEYS {
+        if let Some(toml::Value::Table(t)) = table.get_mut(*section)
+            && let Some(toml::Value::String(p)) = t.get_mut(*key)
+            && Path::new(p.as_str()).is_relative()
+        {
+            *p = folder.join(p.as_str()).to_string_lossy().into_owned();
+        }
+    }
 }
 
 /// Deep-merges `layer` into `base`: tables merge key by key, anything else replaces.
@@ -716,6 +895,85 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("QA__CACHE__TTL_SECS"), "{err}");
+    }
+
+    #[test]
+    fn numbers_too_large_to_use_are_refused_by_name() {
+        for (var, key) in [
+            ("QA__CACHE__TTL_SECS", "cache.ttl_secs"),
+            ("QA__CACHE__STALE_TTL_SECS", "cache.stale_ttl_secs"),
+            (
+                "QA__LIMITS__MAX_CONCURRENT_REQUESTS",
+                "limits.max_concurrent_requests",
+            ),
+            (
+                "QA__SERVER__REQUEST_TIMEOUT_MS",
+                "server.request_timeout_ms",
+            ),
+            (
+                "QA__PRIMARY__ATTEMPT_TIMEOUT_MS",
+                "primary.attempt_timeout_ms",
+            ),
+            ("QA__BREAKER__OPEN_MS", "breaker.open_ms"),
+        ] {
+            for value in ["40000000000", "9223372036854775807"] {
+                let err = Config::from_layers(None, &env(&[(var, value)]))
+                    .unwrap_err()
+                    .to_string();
+                assert!(err.contains(key), "{var}={value}: {err}");
+            }
+        }
+    }
+
+    #[test]
+    fn relative_paths_in_the_file_are_relative_to_its_folder() {
+        let dir = std::env::temp_dir().join(format!("qa-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("service.toml");
+        std::fs::write(&file, "[canned]\nfile = \"answers.toml\"\n").unwrap();
+        let c = Config::load(Some(&file), &env(&[])).unwrap();
+        assert_eq!(c.canned.file, dir.join("answers.toml"));
+        assert_eq!(c.source.as_deref(), Some(file.as_path()));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_fingerprint_follows_model_and_prompt() {
+        let a = Config::default();
+        let mut b = Config::default();
+        assert_eq!(a.answer_fingerprint(), b.answer_fingerprint());
+        b.primary.prompt.push('!');
+        assert_ne!(a.answer_fingerprint(), b.answer_fingerprint());
+        let mut c = Config::default();
+        c.secondary.model = "other".into();
+        assert_ne!(a.answer_fingerprint(), c.answer_fingerprint());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_number_for_any_numeric_key_is_a_config_or_an_error_never_a_panic(
+            key in proptest::sample::select(vec![
+                "QA__SERVER__REQUEST_TIMEOUT_MS", "QA__SERVER__SHUTDOWN_GRACE_SECS",
+                "QA__SERVER__HEADER_READ_TIMEOUT_MS", "QA__SERVER__BODY_READ_TIMEOUT_MS",
+                "QA__PRIMARY__MAX_ATTEMPTS", "QA__PRIMARY__INITIAL_BACKOFF_MS",
+                "QA__PRIMARY__MAX_BACKOFF_MS", "QA__PRIMARY__ATTEMPT_TIMEOUT_MS",
+                "QA__PRIMARY__MAX_TOKENS", "QA__PRIMARY__MAX_RESPONSE_BYTES",
+                "QA__CACHE__TTL_SECS", "QA__CACHE__STALE_TTL_SECS",
+                "QA__CACHE__MEMORY_MAX_ENTRIES", "QA__REDIS__POOL_SIZE", "QA__REDIS__TIMEOUT_MS",
+                "QA__LIMITS__MAX_QUESTION_CHARS", "QA__LIMITS__MAX_BODY_BYTES",
+                "QA__LIMITS__MAX_CONCURRENT_REQUESTS", "QA__METRICS__WINDOW_SECS",
+                "QA__BREAKER__CONSECUTIVE_FAILURES", "QA__BREAKER__MIN_CALLS",
+                "QA__BREAKER__WINDOW_SECS", "QA__BREAKER__OPEN_MS",
+                "QA__RETRY_BUDGET__MIN_PER_SEC", "QA__RETRY_BUDGET__WINDOW_SECS",
+            ]),
+            value in proptest::prop_oneof![
+                proptest::strategy::Strategy::prop_map(proptest::num::i64::ANY, |v| v.to_string()),
+                proptest::strategy::Strategy::prop_map(proptest::num::u64::ANY, |v| v.to_string()),
+                proptest::strategy::Strategy::prop_map(proptest::num::f64::ANY, |v| v.to_string()),
+            ],
+        ) {
+            let _ = Config::from_layers(None, &env(&[(key, value.as_str())]));
+        }
     }
 
     #[test]

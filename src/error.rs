@@ -21,6 +21,11 @@ impl ApiError {
         }
     }
 
+    /// A request the HTTP rules refuse (no `Host` on HTTP/1.1, say).
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
     pub fn invalid_json(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid_json", message)
     }

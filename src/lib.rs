@@ -8,6 +8,7 @@ pub mod demo;
 pub mod error;
 pub mod middleware;
 pub mod pipeline;
+pub mod redact;
 pub mod resilience;
 pub mod routes;
 pub mod server;

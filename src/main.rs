@@ -75,6 +75,13 @@ async fn main() -> ExitCode {
         }
     };
     telemetry::init_tracing(&config.log);
+    match &config.source {
+        Some(path) => tracing::info!(file = %path.display(), "configuration file read"),
+        None => tracing::warn!(
+            file = config::DEFAULT_CONFIG_FILE,
+            "no configuration file in the working directory; built-in defaults and the environment only (name one with --config or QA_CONFIG)"
+        ),
+    }
 
     let _sim = if args.demo {
         match demo::start(&mut config).await {
@@ -93,7 +100,10 @@ async fn main() -> ExitCode {
         Err(e) => {
             tracing::error!(error = %e, "cannot start");
             eprintln!("resilient-qa: {e}");
-            return ExitCode::FAILURE;
+            return match e {
+                resilient_qa::app::BuildError::Config(_) => ExitCode::from(2),
+                _ => ExitCode::FAILURE,
+            };
         }
     };
     match app.run(shutdown::signal()).await {

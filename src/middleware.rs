@@ -5,11 +5,13 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::{Request, State};
-use axum::http::HeaderValue;
+use axum::http::header::HOST;
+use axum::http::{HeaderValue, Version};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 
 use crate::app::AppState;
+use crate::error::ApiError;
 
 pub const REQUEST_ID: &str = "x-request-id";
 
@@ -19,7 +21,7 @@ pub struct RequestId(pub Arc<str>);
 
 /// Keeps the client's `X-Request-Id` when it is 1 to 128 visible ASCII characters, else
 /// makes a new one; the id goes into the request (header and extension) and onto every
-/// response. Once shutdown has begun, every response also asks the client to close its
+/// response. An HTTP/1.1 request without `Host` is refused here, `400 bad_request`. Once shutdown has begun, every response also asks the client to close its
 /// connection, so that keep-alive clients go elsewhere instead of sending into a closing
 /// socket.
 pub async fn request_id(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
@@ -31,9 +33,15 @@ pub async fn request_id(State(state): State<AppState>, mut req: Request, next: N
         .map(str::to_owned);
     let id = given.unwrap_or_else(new_request_id);
     let header = HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("invalid"));
-    req.headers_mut().insert(REQUEST_ID, header.clone());
-    req.extensions_mut().insert(RequestId(Arc::from(id)));
-    let mut resp = next.run(req).await;
+    // RFC 9112, section 3.2: an HTTP/1.1 request without a Host header is answered 400.
+    let mut resp = if req.version() == Version::HTTP_11 && !req.headers().contains_key(HOST) {
+        state.reject("bad_request");
+        ApiError::bad_request("HTTP/1.1 requests must carry a Host header").into_response()
+    } else {
+        req.headers_mut().insert(REQUEST_ID, header.clone());
+        req.extensions_mut().insert(RequestId(Arc::from(id)));
+        next.run(req).await
+    };
     resp.headers_mut().insert(REQUEST_ID, header);
     if state.draining.load(std::sync::atomic::Ordering::Relaxed) {
         resp.headers_mut().insert(

@@ -21,20 +21,33 @@ use tokio::net::TcpListener;
 /// flight sooner.
 const DRAIN_NOTICE: Duration = Duration::from_secs(1);
 
+/// What a client may cost before its request reaches a route.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// The request head must arrive within this long.
+    pub header_read_timeout: Duration,
+    /// The request head (request line and headers) may take at most this many bytes
+    /// (at least 8192, hyper's floor); past it hyper answers `431` and closes.
+    pub max_header_bytes: usize,
+}
+
 /// Serves `router` until `shutdown` completes, then drains for at most `grace`;
-/// `idle()` tells when no request is in flight.
+/// `idle()` tells when no request is in flight; `on_error` sees every connection that
+/// ended with an error (a malformed or oversized request head among them).
 pub async fn serve(
     listener: TcpListener,
     router: Router,
-    header_read_timeout: Duration,
+    limits: Limits,
     grace: Duration,
     shutdown: impl Future<Output = ()>,
     idle: impl Fn() -> bool,
+    on_error: impl Fn(&hyper::Error) + Clone + Send + 'static,
 ) {
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(header_read_timeout)
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192))
         .keep_alive(true);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
@@ -55,8 +68,10 @@ pub async fn serve(
         let service = TowerToHyperService::new(router.clone());
         let conn = builder.serve_connection(TokioIo::new(stream), service);
         let conn = graceful.watch(conn);
+        let on_error = on_error.clone();
         tokio::spawn(async move {
             if let Err(e) = conn.await {
+                on_error(&e);
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         });

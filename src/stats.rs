@@ -18,6 +18,8 @@ pub const RECENT_ERRORS: usize = 50;
 #[derive(Debug, Clone, Serialize)]
 pub struct ErrorEvent {
     pub time: String,
+    /// The request whose walk made the call (the leader's, for coalesced requests).
+    pub request_id: String,
     pub tier: &'static str,
     pub model: String,
     pub kind: &'static str,
@@ -153,8 +155,11 @@ impl Stats {
         }
     }
 
+    /// Records a failed model call. `message` is shown to anyone who reads `/stats`: a
+    /// status or a kind's sentence, never a host or a cause chain.
     pub fn record_error(
         &self,
+        request_id: &str,
         tier: Tier,
         model: &str,
         kind: ErrorKind,
@@ -163,6 +168,7 @@ impl Stats {
     ) {
         let event = ErrorEvent {
             time: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            request_id: request_id.to_string(),
             tier: tier.as_str(),
             model: model.to_string(),
             kind: kind.as_str(),

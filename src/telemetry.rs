@@ -12,14 +12,22 @@ use crate::config::{LogConfig, LogFormat};
 use crate::pipeline::model::ErrorKind;
 use crate::pipeline::{FallbackReason, Source, Tier};
 
-/// Installs the global tracing subscriber (JSON lines or human-readable).
+/// Installs the global tracing subscriber (JSON lines or human-readable; colours only
+/// when stdout is a terminal) and a panic hook that reports panics as log events, so
+/// that a panic's text never breaks the JSON lines. A filter that does not parse falls
+/// back to `info`, and says so.
 pub fn init_tracing(log: &LogConfig) {
-    let filter = EnvFilter::try_new(&log.filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    let (filter, bad_filter) = match EnvFilter::try_new(&log.filter) {
+        Ok(f) => (f, None),
+        Err(e) => (EnvFilter::new("info"), Some(e.to_string())),
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stdout().is_terminal())
         .with_writer(std::io::stdout);
     // A second initialisation (tests building several apps) is harmless: keep the first.
-    let _ = match log.format {
+    let installed = match log.format {
         LogFormat::Json => builder
             .json()
             .flatten_event(true)
@@ -27,7 +35,31 @@ pub fn init_tracing(log: &LogConfig) {
             .with_span_list(false)
             .try_init(),
         LogFormat::Pretty => builder.try_init(),
-    };
+    }
+    .is_ok();
+    if !installed {
+        return;
+    }
+    if let Some(error) = bad_filter {
+        tracing::warn!(
+            filter = %log.filter,
+            error = %error,
+            "log filter (RUST_LOG / log.filter) does not parse; logging at info instead"
+        );
+    }
+    std::panic::set_hook(Box::new(|info| {
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "(no message)".into());
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        tracing::error!(panic = %message, %location, "panic");
+    }));
 }
 
 /// Rejection codes, the `code` label of `qa_rejected_total`.
@@ -41,6 +73,8 @@ pub const REJECTION_CODES: &[&str] = &[
     "method_not_allowed",
     "unauthorized",
     "request_timeout",
+    "bad_request",
+    "header_too_large",
 ];
 
 /// Dependencies guarded by a circuit breaker, the `dependency` label of `qa_circuit_state`.
@@ -71,6 +105,11 @@ pub struct Metrics {
     pub circuit_state: IntGaugeVec,
     pub overhead: prometheus::Histogram,
     pub coalesced: prometheus::IntCounter,
+    /// `qa_cache_write_backlog`: answers waiting for Redis to take them.
+    pub cache_write_backlog: prometheus::IntGauge,
+    /// `qa_walk_panics_total`: walks that failed unexpectedly and went on with the tiers
+    /// after the models.
+    pub walk_panics: prometheus::IntCounter,
     /// `qa_requests_total` and `qa_request_duration_seconds` children, by `Source as
     /// usize`: resolved once, not hashed on every answer.
     pub answers: Vec<(prometheus::IntCounter, prometheus::Histogram)>,
@@ -204,6 +243,22 @@ impl Metrics {
                 let c = prometheus::IntCounter::new(
                     "qa_coalesced_total",
                     "Requests that shared the answer of an identical question already in flight.",
+                )?;
+                registry.register(Box::new(c.clone()))?;
+                c
+            },
+            cache_write_backlog: {
+                let g = prometheus::IntGauge::new(
+                    "qa_cache_write_backlog",
+                    "Answers whose write to Redis failed and waits for a retry.",
+                )?;
+                registry.register(Box::new(g.clone()))?;
+                g
+            },
+            walk_panics: {
+                let c = prometheus::IntCounter::new(
+                    "qa_walk_panics_total",
+                    "Walks that failed unexpectedly (a bug) and went on with canned, stale and default.",
                 )?;
                 registry.register(Box::new(c.clone()))?;
                 c

@@ -12,13 +12,13 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use deadpool_redis::redis;
 use deadpool_redis::redis::aio::MultiplexedConnection;
-use deadpool_redis::{Pool, Runtime, Timeouts};
+use deadpool_redis::{Manager, Pool, Runtime, Timeouts};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -34,6 +34,88 @@ pub struct CachedAnswer {
     pub model: Arc<str>,
     /// Unix time of the write, in milliseconds.
     pub written_at_ms: u64,
+    /// Fingerprint of the model configuration that wrote the answer
+    /// ([`crate::config::Config::answer_fingerprint`]): an answer is fresh only for the
+    /// configuration that wrote it; for any other it may still serve as stale. Entries
+    /// written before fingerprints existed have none.
+    #[serde(default)]
+    pub config: Option<Arc<str>>,
+}
+
+/// How far in the future a `written_at_ms` may lie (clocks of instances sharing a Redis
+/// differ a little); past it the value is not ours to trust, and is a miss.
+const CLOCK_SKEW_MS: u64 = 60_000;
+
+/// Why a Redis command failed.
+#[derive(Debug, Clone)]
+pub enum RedisFailure {
+    /// No connection, a dropped one, or no answer in time: Redis is unhealthy.
+    Unreachable(String),
+    /// Redis refused our credentials (`WRONGPASS`, `NOAUTH`).
+    AuthFailed(String),
+    /// Redis answered, with an error for this command (`WRONGTYPE` at one key, `OOM` on a
+    /// write...): Redis itself is up.
+    Reply(String),
+}
+
+impl RedisFailure {
+    fn classify(e: &redis::RedisError) -> RedisFailure {
+        use redis::ErrorKind as K;
+        let text = e.to_string();
+        if e.kind() == K::AuthenticationFailed || matches!(e.code(), Some("WRONGPASS" | "NOAUTH")) {
+            return RedisFailure::AuthFailed(text);
+        }
+        let answered = matches!(
+            e.kind(),
+            K::Server(_) | K::Extension | K::UnexpectedReturnType | K::Parse
+        );
+        if answered && !e.is_io_error() && !e.is_connection_dropped() && !e.is_timeout() {
+            RedisFailure::Reply(text)
+        } else {
+            RedisFailure::Unreachable(text)
+        }
+    }
+
+    /// Whether this failure says Redis is unhealthy (for its breaker and `/readyz`).
+    fn is_health_failure(&self) -> bool {
+        !matches!(self, RedisFailure::Reply(_))
+    }
+}
+
+impl std::fmt::Display for RedisFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RedisFailure::Unreachable(m) => write!(f, "unreachable: {m}"),
+            RedisFailure::AuthFailed(m) => write!(f, "authentication failed: {m}"),
+            RedisFailure::Reply(m) => write!(f, "error reply: {m}"),
+        }
+    }
+}
+
+/// Redis as last seen: `/readyz`'s `redis` check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedisState {
+    Down = 0,
+    Up = 1,
+    AuthFailed = 2,
+}
+
+impl RedisState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RedisState::Down => "down",
+            RedisState::Up => "up",
+            RedisState::AuthFailed => "auth_failed",
+        }
+    }
+
+    fn from_u8(v: u8) -> RedisState {
+        match v {
+            1 => RedisState::Up,
+            2 => RedisState::AuthFailed,
+            _ => RedisState::Down,
+        }
+    }
 }
 
 /// What a lookup found.
@@ -90,9 +172,9 @@ impl SharedConnections {
         }
     }
 
-    /// Runs `f` on a connection; a connection that fails is dropped, so the next use of
-    /// its slot connects afresh.
-    async fn run<T, F, Fut>(&self, f: F) -> Result<T, String>
+    /// Runs `f` on a connection; a connection that fails (not a command that Redis
+    /// answered with an error) is dropped, so the next use of its slot connects afresh.
+    async fn run<T, F, Fut>(&self, f: F) -> Result<T, RedisFailure>
     where
         F: FnOnce(MultiplexedConnection) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
@@ -102,7 +184,10 @@ impl SharedConnections {
         let conn = match current {
             Some(c) => c,
             None => {
-                let fresh = self.pool.get().await.map_err(|e| e.to_string())?;
+                let fresh = self.pool.get().await.map_err(|e| match e {
+                    deadpool_redis::PoolError::Backend(e) => RedisFailure::classify(&e),
+                    other => RedisFailure::Unreachable(other.to_string()),
+                })?;
                 let conn = deadpool_redis::Connection::take(fresh);
                 if let Ok(mut s) = slot.write() {
                     *s = Some(conn.clone());
@@ -110,8 +195,9 @@ impl SharedConnections {
                 conn
             }
         };
-        let result = f(conn).await.map_err(|e| e.to_string());
-        if result.is_err()
+        let result = f(conn).await.map_err(|e| RedisFailure::classify(&e));
+        if let Err(e) = &result
+            && e.is_health_failure()
             && let Ok(mut s) = slot.write()
         {
             *s = None;
@@ -123,14 +209,51 @@ impl SharedConnections {
 pub struct AnswerCache {
     memory: Option<moka::future::Cache<String, CachedAnswer>>,
     redis: SharedConnections,
+    /// For the invalidation subscription (TLS settings included).
+    client: redis::Client,
     redis_timeout: Duration,
     ttl_ms: u64,
     stale_ms: u64,
     prefix: String,
+    /// The fingerprint of the configuration answers are fresh for.
+    fingerprint: Arc<str>,
+    /// Longest answer accepted from Redis, in bytes.
+    max_answer_bytes: usize,
     metrics: Metrics,
-    redis_up: Arc<AtomicBool>,
+    redis_state: AtomicU8,
+    /// Set while writes to Redis fail (in a run of failures, since the last success).
+    writes_failing: AtomicBool,
     writes: mpsc::Sender<WriteJob>,
     pub breaker: Breaker,
+}
+
+/// How the cache is built: the settings of [`AnswerCache::new`] beyond the config
+/// sections.
+pub struct CacheOptions {
+    /// Fingerprint of the model configuration ([`crate::config::Config::answer_fingerprint`]).
+    pub fingerprint: String,
+    /// Longest answer accepted from Redis, in bytes (the largest tier response cap).
+    pub max_answer_bytes: usize,
+}
+
+/// The Redis client for `cfg`: the URL, with `redis.ca_file`'s certificate authorities
+/// for `rediss://` when set. Errors name the key at fault.
+pub fn redis_client(cfg: &RedisConfig) -> Result<redis::Client, String> {
+    match &cfg.ca_file {
+        None => redis::Client::open(cfg.url.as_str()).map_err(|e| format!("redis.url: {e}")),
+        Some(path) => {
+            let pem = std::fs::read(path)
+                .map_err(|e| format!("redis.ca_file: cannot read {}: {e}", path.display()))?;
+            redis::Client::build_with_tls(
+                cfg.url.as_str(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem),
+                },
+            )
+            .map_err(|e| format!("redis.ca_file ({}): {e}", path.display()))
+        }
+    }
 }
 
 /// The background writer: drained and stopped by [`CacheWriter::flush`].
@@ -144,21 +267,24 @@ impl AnswerCache {
         cfg: &CacheConfig,
         redis_cfg: &RedisConfig,
         breaker_cfg: &BreakerConfig,
+        options: CacheOptions,
         metrics: Metrics,
     ) -> Result<(Arc<AnswerCache>, CacheWriter), String> {
         let timeout = Duration::from_millis(redis_cfg.timeout_ms);
-        let mut pool_cfg = deadpool_redis::Config::from_url(redis_cfg.url.clone());
-        pool_cfg.pool = Some(deadpool_redis::PoolConfig {
-            max_size: redis_cfg.pool_size,
-            timeouts: Timeouts {
+        let client = redis_client(redis_cfg)?;
+        // The manager gets the client's connection info whole, TLS settings included
+        // (deadpool's serializable config would drop a custom root certificate).
+        let manager = Manager::new(client.get_connection_info().clone())
+            .map_err(|e| format!("redis.url: {e}"))?;
+        let redis = Pool::builder(manager)
+            .max_size(redis_cfg.pool_size)
+            .timeouts(Timeouts {
                 wait: Some(timeout),
                 create: Some(timeout),
                 recycle: Some(timeout),
-            },
-            ..Default::default()
-        });
-        let redis = pool_cfg
-            .create_pool(Some(Runtime::Tokio1))
+            })
+            .runtime(Runtime::Tokio1)
+            .build()
             .map_err(|e| format!("redis.url: {e}"))?;
         let ttl_ms = cfg.ttl_secs.saturating_mul(1000);
         let stale_ms = cfg.stale_ttl_secs.saturating_mul(1000);
@@ -179,12 +305,16 @@ impl AnswerCache {
             breaker,
             memory,
             redis: SharedConnections::new(redis, redis_cfg.pool_size),
+            client,
             redis_timeout: timeout,
             ttl_ms,
             stale_ms,
             prefix: cfg.key_prefix.clone(),
+            fingerprint: Arc::from(options.fingerprint),
+            max_answer_bytes: options.max_answer_bytes,
             metrics,
-            redis_up: Arc::new(AtomicBool::new(false)),
+            redis_state: AtomicU8::new(RedisState::Down as u8),
+            writes_failing: AtomicBool::new(false),
             writes: tx,
         });
         let task = tokio::spawn(write_loop(cache.clone(), rx, stop.clone()));
@@ -195,9 +325,15 @@ impl AnswerCache {
         super::normalize::cache_key(&self.prefix, normalized)
     }
 
+    /// The fingerprint answers written now carry.
+    pub fn fingerprint(&self) -> Arc<str> {
+        self.fingerprint.clone()
+    }
+
     fn freshness(&self, entry: &CachedAnswer, now: u64) -> Freshness {
         let age = now.saturating_sub(entry.written_at_ms);
-        if age < self.ttl_ms {
+        let ours = entry.config.as_deref() == Some(&*self.fingerprint);
+        if age < self.ttl_ms && ours {
             Freshness::Fresh
         } else if age < self.ttl_ms.saturating_add(self.stale_ms) {
             Freshness::Stale
@@ -267,6 +403,16 @@ impl AnswerCache {
         found
     }
 
+    /// Whether a value read from Redis can be served: what a model would have to send
+    /// for its answer to be kept (non-empty text, within the size cap), written by a
+    /// model, and not written in the future.
+    fn valid(&self, entry: &CachedAnswer, now: u64) -> bool {
+        !entry.answer.trim().is_empty()
+            && entry.answer.len() <= self.max_answer_bytes
+            && !entry.model.trim().is_empty()
+            && entry.written_at_ms <= now.saturating_add(CLOCK_SKEW_MS)
+    }
+
     async fn redis_get(&self, key: &str) -> Result<Option<CachedAnswer>, String> {
         let Some(permit) = self.breaker.try_acquire() else {
             return Err("circuit breaker open".into());
@@ -279,20 +425,55 @@ impl AnswerCache {
         });
         let raw = match tokio::time::timeout(self.redis_timeout, fut).await {
             Ok(r) => r,
-            Err(_) => Err(format!(
+            Err(_) => Err(RedisFailure::Unreachable(format!(
                 "timed out after {} ms",
                 self.redis_timeout.as_millis()
-            )),
+            ))),
         };
-        self.redis_up.store(raw.is_ok(), Ordering::Relaxed);
+        let raw = match raw {
+            // Redis answered, with an error for this key only (a value of another type,
+            // say): a miss for this key, and Redis is as healthy as it was.
+            Err(RedisFailure::Reply(e)) => {
+                permit.success();
+                tracing::debug!(key, error = %e, "redis refused the lookup of one key; treated as a miss");
+                return Ok(None);
+            }
+            other => other,
+        };
         match &raw {
-            Ok(_) => permit.success(),
-            Err(_) => permit.failure(),
+            Ok(_) => {
+                permit.success();
+                self.set_state(RedisState::Up);
+            }
+            Err(e) => {
+                permit.failure();
+                self.note_failure(e);
+            }
         }
-        match raw? {
-            None => Ok(None),
-            // An entry we cannot read is a miss: a later write replaces it.
-            Some(s) => Ok(serde_json::from_str(&s).ok()),
+        let Some(text) = raw.map_err(|e| e.to_string())? else {
+            return Ok(None);
+        };
+        // A value we cannot read, or would not have written, is a miss: a later write
+        // replaces it.
+        match serde_json::from_str::<CachedAnswer>(&text) {
+            Ok(entry) if self.valid(&entry, now_ms()) => Ok(Some(entry)),
+            _ => {
+                tracing::debug!(key, "invalid value in redis; treated as a miss");
+                Ok(None)
+            }
+        }
+    }
+
+    fn set_state(&self, state: RedisState) {
+        self.redis_state.store(state as u8, Ordering::Relaxed);
+    }
+
+    /// Records what a failed command says of Redis's health.
+    fn note_failure(&self, e: &RedisFailure) {
+        match e {
+            RedisFailure::AuthFailed(_) => self.set_state(RedisState::AuthFailed),
+            RedisFailure::Unreachable(_) => self.set_state(RedisState::Down),
+            RedisFailure::Reply(_) => {}
         }
     }
 
@@ -314,19 +495,27 @@ impl AnswerCache {
         }
     }
 
-    async fn redis_set(&self, job: &WriteJob) -> Result<(), String> {
+    /// One write behind the breaker. An error reply (`OOM` with `noeviction`, say) says
+    /// nothing against Redis's health: reads may well go on working.
+    async fn redis_set(&self, job: &WriteJob) -> Result<(), RedisFailure> {
         let Some(permit) = self.breaker.try_acquire() else {
-            return Err("circuit breaker open".into());
+            return Err(RedisFailure::Unreachable("circuit breaker open".into()));
         };
         let result = self.redis_set_unguarded(job).await;
         match &result {
             Ok(()) => permit.success(),
-            Err(_) => permit.failure(),
+            Err(e) if !e.is_health_failure() => permit.success(),
+            Err(e) => {
+                permit.failure();
+                self.note_failure(e);
+            }
         }
         result
     }
 
-    async fn redis_set_unguarded(&self, job: &WriteJob) -> Result<(), String> {
+    /// One write, not behind the breaker: the shutdown flush, which must not give up on
+    /// a Redis that is back only because the breaker has not probed it yet.
+    async fn redis_set_unguarded(&self, job: &WriteJob) -> Result<(), RedisFailure> {
         let ttl_secs = (self.ttl_ms.saturating_add(self.stale_ms) / 1000).max(1);
         let fut = self.redis.run(|mut conn| async move {
             redis::cmd("SET")
@@ -339,7 +528,26 @@ impl AnswerCache {
         });
         match tokio::time::timeout(self.redis_timeout * 5, fut).await {
             Ok(r) => r,
-            Err(_) => Err("timed out".into()),
+            Err(_) => Err(RedisFailure::Unreachable("timed out".into())),
+        }
+    }
+
+    /// Whether writes to Redis are failing now (since the last one that succeeded).
+    pub fn writes_failing(&self) -> bool {
+        self.writes_failing.load(Ordering::Relaxed)
+    }
+
+    /// Notes a write's result: the first failure of a run is logged at WARN, the first
+    /// success after one at INFO.
+    fn note_write(&self, result: &Result<(), RedisFailure>) {
+        let failing = result.is_err();
+        if self.writes_failing.swap(failing, Ordering::Relaxed) != failing {
+            match result {
+                Err(e) => {
+                    tracing::warn!(error = %e, "redis cache writes are failing; answers wait in the backlog")
+                }
+                Ok(()) => tracing::info!("redis cache writes succeed again"),
+            }
         }
     }
 
@@ -368,35 +576,44 @@ impl AnswerCache {
             Ok(removed)
         });
         let removed = match tokio::time::timeout(self.redis_timeout * 5, fut).await {
-            Ok(r) => r?,
+            Ok(r) => r.map_err(|e| e.to_string())?,
             Err(_) => return Err("redis timed out".into()),
         };
         Ok(removed > 0 || in_memory)
     }
 
     /// Checks Redis with a PING; the result feeds `/readyz` and `qa_redis_up`.
-    pub async fn ping(&self) -> bool {
+    pub async fn ping(&self) -> RedisState {
         let fut = self.redis.run(|mut conn| async move {
             redis::cmd("PING").query_async::<String>(&mut conn).await
         });
-        let up = matches!(
-            tokio::time::timeout(self.redis_timeout * 5, fut).await,
-            Ok(Ok(_))
-        );
-        self.redis_up.store(up, Ordering::Relaxed);
-        self.metrics.redis_up.set(if up { 1.0 } else { 0.0 });
-        up
+        let state = match tokio::time::timeout(self.redis_timeout * 5, fut).await {
+            Ok(Ok(_)) => RedisState::Up,
+            Ok(Err(RedisFailure::AuthFailed(_))) => RedisState::AuthFailed,
+            // Redis answered (`LOADING`, say): reachable, but not serving.
+            Ok(Err(_)) | Err(_) => RedisState::Down,
+        };
+        self.set_state(state);
+        self.metrics
+            .redis_up
+            .set(if state == RedisState::Up { 1.0 } else { 0.0 });
+        state
+    }
+
+    /// Redis as last seen, by a lookup or a PING.
+    pub fn redis_state(&self) -> RedisState {
+        RedisState::from_u8(self.redis_state.load(Ordering::Relaxed))
     }
 
     pub fn redis_is_up(&self) -> bool {
-        self.redis_up.load(Ordering::Relaxed)
+        self.redis_state() == RedisState::Up
     }
 
     /// Listens for deletions announced by any instance and drops them from memory; runs
     /// until aborted, reconnecting when Redis goes away. Deletions missed while
     /// disconnected cannot be replayed, so a new subscription starts with an empty memory
     /// layer.
-    pub async fn follow_invalidations(self: Arc<Self>, url: String) {
+    pub async fn follow_invalidations(self: Arc<Self>) {
         use futures_util::StreamExt;
         let Some(memory) = self.memory.clone() else {
             return;
@@ -405,8 +622,7 @@ impl AnswerCache {
         let mut first = true;
         loop {
             let subscribed = async {
-                let client = redis::Client::open(url.as_str())?;
-                let mut pubsub = client.get_async_pubsub().await?;
+                let mut pubsub = self.client.get_async_pubsub().await?;
                 pubsub.subscribe(&channel).await?;
                 Ok::<_, redis::RedisError>(pubsub)
             };
@@ -449,80 +665,102 @@ async fn write_loop(
                 // last answer for a key is the one Redis keeps.
                 Some(job) if !backlog.is_empty() => push_backlog(&cache, &mut backlog, job),
                 Some(job) => {
-                    if let Err(job) = write_once(&cache, job, "ok").await {
-                        push_backlog(&cache, &mut backlog, job);
+                    let result = cache.redis_set(&job).await;
+                    cache.note_write(&result);
+                    match result {
+                        Ok(()) => count_write(&cache, "ok"),
+                        Err(e) => {
+                            // Counted once per answer, here; its retries are not.
+                            count_write(&cache, "error");
+                            tracing::debug!(error = %e, "redis cache write failed; kept for a retry");
+                            push_backlog(&cache, &mut backlog, job);
+                        }
                     }
                 }
                 None => return,
             },
             _ = retry_tick.tick(), if !backlog.is_empty() => {
-                drain_backlog(&cache, &mut backlog).await;
+                drain_backlog(&cache, &mut backlog, false).await;
             }
             _ = stop.notified() => break,
         }
     }
-    // Shutdown: no new writes; everything queued gets one more try, the rest is dropped.
+    // Shutdown: no new writes; everything queued gets one more try, past the breaker
+    // (the same path as the health check), and the rest is dropped.
     rx.close();
     while let Some(job) = rx.recv().await {
         backlog.push_back(job);
     }
-    drain_backlog(&cache, &mut backlog).await;
+    cache
+        .metrics
+        .cache_write_backlog
+        .set(i64::try_from(backlog.len()).unwrap_or(i64::MAX));
+    let last_error = drain_backlog(&cache, &mut backlog, true).await;
     if !backlog.is_empty() {
         tracing::warn!(
             dropped = backlog.len(),
-            "redis unreachable at shutdown; cached answers not written"
+            error = last_error.map(|e| e.to_string()),
+            "cache writes to redis failed at shutdown; answers not written"
         );
         cache
             .metrics
             .cache_writes
             .with_label_values(&["dropped"])
             .inc_by(backlog.len() as u64);
+        backlog.clear();
+        cache.metrics.cache_write_backlog.set(0);
     }
 }
 
-/// One write; gives the job back on failure.
-async fn write_once(cache: &AnswerCache, job: WriteJob, result: &str) -> Result<(), WriteJob> {
-    match cache.redis_set(&job).await {
-        Ok(()) => {
-            cache
-                .metrics
-                .cache_writes
-                .with_label_values(&[result])
-                .inc();
-            Ok(())
-        }
-        Err(e) => {
-            cache
-                .metrics
-                .cache_writes
-                .with_label_values(&["error"])
-                .inc();
-            tracing::debug!(error = %e, "redis cache write failed; kept for a retry");
-            Err(job)
-        }
-    }
+fn count_write(cache: &AnswerCache, result: &str) {
+    cache
+        .metrics
+        .cache_writes
+        .with_label_values(&[result])
+        .inc();
 }
 
 fn push_backlog(cache: &AnswerCache, backlog: &mut VecDeque<WriteJob>, job: WriteJob) {
     if backlog.len() >= WRITE_BACKLOG {
         backlog.pop_front();
-        cache
-            .metrics
-            .cache_writes
-            .with_label_values(&["dropped"])
-            .inc();
+        count_write(cache, "dropped");
     }
     backlog.push_back(job);
+    cache
+        .metrics
+        .cache_write_backlog
+        .set(i64::try_from(backlog.len()).unwrap_or(i64::MAX));
 }
 
-/// Writes the backlog in order until one write fails (Redis still away).
-async fn drain_backlog(cache: &AnswerCache, backlog: &mut VecDeque<WriteJob>) {
+/// Writes the backlog in order until one write fails (Redis still away); returns that
+/// failure. `unguarded` skips the breaker (at shutdown).
+async fn drain_backlog(
+    cache: &AnswerCache,
+    backlog: &mut VecDeque<WriteJob>,
+    unguarded: bool,
+) -> Option<RedisFailure> {
+    let mut failure = None;
     while let Some(job) = backlog.pop_front() {
-        if let Err(job) = write_once(cache, job, "retried").await {
-            backlog.push_front(job);
-            return;
+        let result = if unguarded {
+            cache.redis_set_unguarded(&job).await
+        } else {
+            cache.redis_set(&job).await
+        };
+        cache.note_write(&result);
+        match result {
+            Ok(()) => count_write(cache, "retried"),
+            Err(e) => {
+                backlog.push_front(job);
+                failure = Some(e);
+                break;
+            }
         }
     }
+    cache
+        .metrics
+        .cache_write_backlog
+        .set(i64::try_from(backlog.len()).unwrap_or(i64::MAX));
+    failure
 }
 
 impl CacheWriter {

@@ -193,6 +193,7 @@ pub struct Answer {
 
 /// A question the fresh cache did not have, with what the rest of the walk needs.
 pub struct Miss {
+    request_id: Arc<str>,
     question: String,
     normalized: String,
     key: String,
@@ -256,8 +257,8 @@ impl Pipeline {
 
     /// Walks the tiers for `question` (already trimmed and checked) and returns the first
     /// answer. Never fails.
-    pub async fn answer(&self, question: &str) -> Answer {
-        match self.lookup(question, Instant::now()).await {
+    pub async fn answer(&self, question: &str, request_id: &Arc<str>) -> Answer {
+        match self.lookup(question, Instant::now(), request_id).await {
             Ok(hit) => hit,
             Err(miss) => self.resolve(miss).await,
         }
@@ -265,8 +266,17 @@ impl Pipeline {
 
     /// The fresh cache: an answer, or what the rest of the walk needs. Bounded by the
     /// Redis lookup timeout; the request's deadline runs from `started`.
-    pub async fn lookup(&self, question: &str, started: Instant) -> Result<Answer, Miss> {
-        let deadline = started + self.request_timeout;
+    pub async fn lookup(
+        &self,
+        question: &str,
+        started: Instant,
+        request_id: &Arc<str>,
+    ) -> Result<Answer, Miss> {
+        // `request_timeout` is bounded by config validation; a far instant still never
+        // overflows: it saturates to "no deadline sooner than an hour from now".
+        let deadline = started
+            .checked_add(self.request_timeout)
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
         let normalized = normalize::normalize(question);
         let key = self.cache.key(&normalized);
         let found = self.cache.lookup(&key).await;
@@ -279,6 +289,7 @@ impl Pipeline {
                 external,
             }),
             None => Err(Miss {
+                request_id: request_id.clone(),
                 question: question.to_string(),
                 normalized,
                 key,
@@ -292,6 +303,7 @@ impl Pipeline {
     /// The tiers after the fresh cache, for a question the cache did not have.
     pub async fn resolve(&self, miss: Miss) -> Answer {
         let Miss {
+            request_id,
             question,
             normalized,
             key,
@@ -341,6 +353,7 @@ impl Pipeline {
         };
         let answer = self
             .walk(
+                &request_id,
                 question,
                 &normalized,
                 key.clone(),
@@ -355,9 +368,12 @@ impl Pipeline {
         answer
     }
 
-    /// The tiers after the fresh cache.
+    /// The tiers after the fresh cache. A panic in the model tiers (a bug) does not skip
+    /// the tiers after them: it is counted, logged, and the walk goes on.
+    #[allow(clippy::too_many_arguments)]
     async fn walk(
         &self,
+        request_id: &str,
         question: &str,
         normalized: &str,
         key: String,
@@ -365,22 +381,46 @@ impl Pipeline {
         deadline: Instant,
         mut external: Duration,
     ) -> Answer {
+        let started = Instant::now();
+        let models = self.walk_models(request_id, question, deadline);
+        let answered = catch_panic(models, &self.metrics).await.flatten();
+        external += started.elapsed();
+        if let Some(mut answer) = answered {
+            let entry = CachedAnswer {
+                answer: answer.text.clone(),
+                model: answer.model.clone().unwrap_or_else(|| Arc::from("")),
+                written_at_ms: cache::now_ms(),
+                config: Some(self.cache.fingerprint()),
+            };
+            self.cache.store(key, entry).await;
+            answer.external = external;
+            return answer;
+        }
+        self.last_resort(normalized, stale, external)
+    }
+
+    /// The model tiers in order: the first answer, or `None`.
+    async fn walk_models(
+        &self,
+        request_id: &str,
+        question: &str,
+        deadline: Instant,
+    ) -> Option<Answer> {
         for slot in &self.tiers {
-            let started = Instant::now();
-            let answer = self.try_tier(slot, question, deadline).await;
-            external += started.elapsed();
-            if let Some(mut answer) = answer {
-                let entry = CachedAnswer {
-                    answer: answer.text.clone(),
-                    model: answer.model.clone().unwrap_or_else(|| Arc::from("")),
-                    written_at_ms: cache::now_ms(),
-                };
-                self.cache.store(key, entry).await;
-                answer.external = external;
-                return answer;
+            if let Some(answer) = self.try_tier(slot, request_id, question, deadline).await {
+                return Some(answer);
             }
         }
+        None
+    }
 
+    /// The tiers that cannot fail: canned answers, the stale answer, the default reply.
+    pub fn last_resort(
+        &self,
+        normalized: &str,
+        stale: Option<CachedAnswer>,
+        external: Duration,
+    ) -> Answer {
         if let Some(text) = self.canned.get(normalized) {
             return Answer {
                 text,
@@ -407,7 +447,13 @@ impl Pipeline {
 
     /// One model tier with its retries; `None` when it gives no answer (recorded as a
     /// fallback with its reason).
-    async fn try_tier(&self, slot: &TierSlot, question: &str, deadline: Instant) -> Option<Answer> {
+    async fn try_tier(
+        &self,
+        slot: &TierSlot,
+        request_id: &str,
+        question: &str,
+        deadline: Instant,
+    ) -> Option<Answer> {
         let guarded = match slot {
             TierSlot::Configured(g) => g,
             TierSlot::NotConfigured { tier, .. } => {
@@ -435,7 +481,9 @@ impl Pipeline {
             &client.retry,
             deadline,
             gate,
-            |attempt, time_left, permit| self.attempt(client, question, attempt, time_left, permit),
+            |attempt, time_left, permit| {
+                self.attempt(client, request_id, question, attempt, time_left, permit)
+            },
         )
         .await;
         match result {
@@ -464,6 +512,7 @@ impl Pipeline {
     async fn attempt(
         &self,
         client: &ModelClient,
+        request_id: &str,
         question: &str,
         attempt: u32,
         time_left: Duration,
@@ -475,6 +524,7 @@ impl Pipeline {
         let mut guard = AbandonedAttempt {
             metrics: &self.metrics,
             stats: &self.stats,
+            request_id,
             client,
             attempt,
             started,
@@ -520,8 +570,14 @@ impl Pipeline {
                     error = %e.message,
                     "model call failed"
                 );
-                self.stats
-                    .record_error(client.tier, &client.model, e.kind, &e.message, attempt);
+                self.stats.record_error(
+                    request_id,
+                    client.tier,
+                    &client.model,
+                    e.kind,
+                    &e.public_message(),
+                    attempt,
+                );
             }
         }
         result
@@ -534,11 +590,31 @@ impl Pipeline {
             .inc();
     }
 }
+/// Runs `fut`, turning a panic inside it into `None`: counted in
+/// `qa_walk_panics_total` and logged once (the panic hook has logged the panic itself).
+pub async fn catch_panic<T>(
+    fut: impl std::future::Future<Output = T>,
+    metrics: &Metrics,
+) -> Option<T> {
+    use futures_util::FutureExt;
+    match std::panic::AssertUnwindSafe(fut).catch_unwind().await {
+        Ok(v) => Some(v),
+        Err(_) => {
+            metrics.walk_panics.inc();
+            tracing::error!(
+                "the walk failed unexpectedly; answering from canned, stale or default"
+            );
+            None
+        }
+    }
+}
+
 /// Counts a model call cut off by the request deadline (its future dropped mid-flight)
 /// as a timeout, so no call goes unrecorded.
 struct AbandonedAttempt<'a> {
     metrics: &'a Metrics,
     stats: &'a Stats,
+    request_id: &'a str,
     client: &'a ModelClient,
     attempt: u32,
     started: std::time::Instant,
@@ -561,6 +637,7 @@ impl Drop for AbandonedAttempt<'_> {
             .with_label_values(&[tier, &self.client.model, kind.as_str()])
             .inc();
         self.stats.record_error(
+            self.request_id,
             self.client.tier,
             &self.client.model,
             kind,

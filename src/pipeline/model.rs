@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use reqwest::header::{HeaderMap, RETRY_AFTER};
+use reqwest::header::{CONTENT_LENGTH, HeaderMap, HeaderName, RETRY_AFTER};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
@@ -48,6 +48,9 @@ impl ErrorKind {
     }
 }
 
+/// `retry-after-ms`: the wait in milliseconds, as OpenAI and Azure send it.
+const RETRY_AFTER_MS: HeaderName = HeaderName::from_static("retry-after-ms");
+
 /// One failed model call.
 #[derive(Debug, Clone)]
 pub struct UpstreamError {
@@ -55,7 +58,9 @@ pub struct UpstreamError {
     /// Whether another attempt may succeed (transient failures only).
     pub transient: bool,
     pub retry_after: Option<Duration>,
-    /// For people: `HTTP 503`, `timed out after 15000 ms`, ...
+    /// For the logs: `HTTP 503`, `timed out after 15000 ms`, a connection error's cause
+    /// chain... Never carries a URL (reqwest's errors are stripped of theirs), but may
+    /// name internal hosts: [`UpstreamError::public_message`] is what leaves the process.
     pub message: String,
 }
 
@@ -78,8 +83,26 @@ impl UpstreamError {
         }
     }
 
+    /// What `/stats` may show of this failure: the status for HTTP failures, else a
+    /// sentence per kind. The detail (hosts, causes) stays in the logs.
+    pub fn public_message(&self) -> String {
+        if self.message.starts_with("HTTP ") {
+            return self.message.clone();
+        }
+        match self.kind {
+            ErrorKind::RateLimited => "rate limited",
+            ErrorKind::Timeout => "timed out",
+            ErrorKind::ConnectError => "connection failed",
+            ErrorKind::ServerError => "server error",
+            ErrorKind::ClientError => "request refused",
+            ErrorKind::InvalidResponse => "not a valid chat completion",
+        }
+        .to_string()
+    }
+
     /// Classifies a non-success HTTP status. 408, 429, 500, 502, 503 and 504 are
-    /// transient; every other status is not.
+    /// transient; every other status is not. A redirect (3xx) is never followed: it is a
+    /// `client_error`, not retried, since the same request would be redirected again.
     pub fn from_status(status: StatusCode, headers: &HeaderMap) -> Self {
         let code = status.as_u16();
         let kind = match code {
@@ -90,22 +113,27 @@ impl UpstreamError {
         };
         let transient = matches!(code, 408 | 429 | 500 | 502 | 503 | 504);
         let retry_after = if matches!(code, 429 | 503) {
-            headers
-                .get(RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(parse_retry_after)
+            retry_after(headers)
         } else {
             None
+        };
+        let message = if status.is_redirection() {
+            format!("HTTP {code} (redirect not followed)")
+        } else {
+            format!("HTTP {code}")
         };
         UpstreamError {
             kind,
             transient,
             retry_after,
-            message: format!("HTTP {code}"),
+            message,
         }
     }
 
-    fn from_reqwest(err: &reqwest::Error, timeout: Duration) -> Self {
+    fn from_reqwest(err: reqwest::Error, timeout: Duration) -> Self {
+        // The URL may carry credentials (`http://user:secret@host/v1`): never in a message.
+        let err = err.without_url();
+        let err = &err;
         if err.is_timeout() {
             UpstreamError::new(
                 ErrorKind::Timeout,
@@ -124,17 +152,38 @@ impl UpstreamError {
     }
 }
 
-/// A `Retry-After` value: delay seconds or an HTTP date.
+/// The wait a 429 or 503 asks for: `retry-after-ms` (milliseconds, as OpenAI and Azure
+/// send it) when present and valid, else `Retry-After`. `None` when neither says anything
+/// usable.
+pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let header = |name: &HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    header(&RETRY_AFTER_MS)
+        .and_then(|v| parse_digits(v.trim()))
+        .map(Duration::from_millis)
+        .or_else(|| header(&RETRY_AFTER).and_then(parse_retry_after))
+}
+
+/// A `Retry-After` value (RFC 9110, section 10.2.3): `delay-seconds` (digits only, so
+/// `+3` or `-1` is not one) or an HTTP date. A number of seconds too large for a `u64`
+/// is the longest wait there is; the caller compares it with its deadline.
 pub fn parse_retry_after(value: &str) -> Option<Duration> {
     let value = value.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        return Some(parse_digits(value).map_or(Duration::MAX, Duration::from_secs));
     }
     let when = httpdate::parse_http_date(value).ok()?;
     Some(
         when.duration_since(std::time::SystemTime::now())
             .unwrap_or(Duration::ZERO),
     )
+}
+
+/// A non-empty run of ASCII digits as a number; `None` for anything else, or on overflow.
+fn parse_digits(value: &str) -> Option<u64> {
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    value.parse().ok()
 }
 
 fn error_chain(err: &dyn std::error::Error) -> String {
@@ -160,6 +209,8 @@ struct ChatRequest<'a> {
     model: &'a str,
     messages: [ChatMessage<'a>; 1],
     temperature: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_tokens: Option<u32>,
 }
 
 #[derive(Serialize)]
@@ -181,7 +232,36 @@ struct Choice {
 
 #[derive(Deserialize)]
 struct ResponseMessage {
-    content: Option<String>,
+    content: Option<Content>,
+}
+
+/// A message's content: a string, or (vLLM, Mistral and others) an array of parts whose
+/// text parts make the answer.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Content {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+#[derive(Deserialize)]
+struct ContentPart {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    text: Option<String>,
+}
+
+impl Content {
+    fn into_text(self) -> String {
+        match self {
+            Content::Text(t) => t,
+            Content::Parts(parts) => parts
+                .into_iter()
+                .filter(|p| p.kind.as_deref().is_none_or(|k| k == "text"))
+                .filter_map(|p| p.text)
+                .collect(),
+        }
+    }
 }
 
 /// One configured model tier.
@@ -192,6 +272,9 @@ pub struct ModelClient {
     api_key: Option<SecretString>,
     prompt: String,
     temperature: f64,
+    max_tokens: Option<u32>,
+    /// Largest response body read, in bytes; a larger one is an `invalid_response`.
+    max_response_bytes: usize,
     pub attempt_timeout: Duration,
     pub retry: RetryPolicy,
     http: reqwest::Client,
@@ -215,6 +298,8 @@ impl ModelClient {
             api_key,
             prompt: cfg.prompt.clone(),
             temperature: cfg.temperature,
+            max_tokens: cfg.max_tokens,
+            max_response_bytes: cfg.max_response_bytes,
             attempt_timeout: Duration::from_millis(cfg.attempt_timeout_ms),
             retry: RetryPolicy {
                 max_attempts: cfg.max_attempts,
@@ -241,6 +326,7 @@ impl ModelClient {
                 content: &content,
             }],
             temperature: self.temperature,
+            max_tokens: self.max_tokens,
         };
         let mut req = self
             .http
@@ -253,15 +339,12 @@ impl ModelClient {
         let resp = req
             .send()
             .await
-            .map_err(|e| UpstreamError::from_reqwest(&e, timeout))?;
+            .map_err(|e| UpstreamError::from_reqwest(e, timeout))?;
         let status = resp.status();
         if !status.is_success() {
             return Err(UpstreamError::from_status(status, resp.headers()));
         }
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| UpstreamError::from_reqwest(&e, timeout))?;
+        let bytes = self.read_capped(resp, timeout).await?;
         let parsed: ChatResponse = serde_json::from_slice(&bytes).map_err(|e| {
             UpstreamError::new(
                 ErrorKind::InvalidResponse,
@@ -275,6 +358,7 @@ impl ModelClient {
             .next()
             .and_then(|c| c.message)
             .and_then(|m| m.content)
+            .map(Content::into_text)
             .filter(|t| !t.trim().is_empty())
             .ok_or_else(|| {
                 UpstreamError::new(
@@ -290,9 +374,48 @@ impl ModelClient {
             model: self.model.clone(),
         })
     }
+
+    /// The response body, read piece by piece and given up on (connection dropped) as
+    /// soon as it passes `max_response_bytes`, so that an endless or huge answer costs at
+    /// most that much memory and transfer.
+    async fn read_capped(
+        &self,
+        mut resp: reqwest::Response,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, UpstreamError> {
+        let cap = self.max_response_bytes;
+        let too_large = || {
+            UpstreamError::new(
+                ErrorKind::InvalidResponse,
+                true,
+                format!("response body larger than {cap} bytes"),
+            )
+        };
+        let declared = resp
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > cap as u64) {
+            return Err(too_large());
+        }
+        let mut body = Vec::with_capacity(declared.map_or(4096, |n| n as usize));
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| UpstreamError::from_reqwest(e, timeout))?
+        {
+            if body.len().saturating_add(chunk.len()) > cap {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    }
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -306,6 +429,71 @@ mod tests {
         for code in [400u16, 401, 403, 404, 422, 501] {
             let e = UpstreamError::from_status(StatusCode::from_u16(code).unwrap_or_default(), &h);
             assert!(!e.transient, "{code} should not be transient");
+        }
+    }
+
+    #[test]
+    fn retry_after_takes_digits_only() {
+        assert_eq!(parse_retry_after("+3"), None);
+        assert_eq!(parse_retry_after("-1"), None);
+        assert_eq!(parse_retry_after("1.5"), None);
+        assert_eq!(parse_retry_after(""), None);
+        assert_eq!(
+            parse_retry_after("18446744073709551615"),
+            Some(Duration::from_secs(u64::MAX))
+        );
+        assert_eq!(
+            parse_retry_after("99999999999999999999999"),
+            Some(Duration::MAX)
+        );
+    }
+
+    #[test]
+    fn retry_after_ms_wins_over_retry_after() {
+        let mut h = HeaderMap::new();
+        h.insert(RETRY_AFTER, "30".parse().unwrap());
+        h.insert(RETRY_AFTER_MS, "300".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(Duration::from_millis(300)));
+        h.insert(RETRY_AFTER_MS, "soon".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn redirects_are_not_retried() {
+        let e = UpstreamError::from_status(StatusCode::TEMPORARY_REDIRECT, &HeaderMap::new());
+        assert!(!e.transient);
+        assert_eq!(e.kind, ErrorKind::ClientError);
+    }
+
+    #[test]
+    fn content_parts_are_joined() {
+        let r: ChatResponse = serde_json::from_str(
+            r#"{"choices":[{"message":{"content":[{"type":"text","text":"a"},{"type":"image_url"},{"type":"text","text":"b"}]}}]}"#,
+        )
+        .unwrap();
+        let text = r
+            .choices
+            .into_iter()
+            .next()
+            .unwrap()
+            .message
+            .unwrap()
+            .content
+            .unwrap();
+        assert_eq!(text.into_text(), "ab");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn retry_after_never_panics(value in ".{0,40}", digits in "[0-9]{1,40}") {
+            let _ = parse_retry_after(&value);
+            proptest::prop_assert!(parse_retry_after(&digits).is_some());
+            if let Ok(v) = reqwest::header::HeaderValue::from_str(&value) {
+                let mut h = HeaderMap::new();
+                h.insert(RETRY_AFTER_MS, v.clone());
+                h.insert(RETRY_AFTER, v);
+                let _ = retry_after(&h);
+            }
         }
     }
 

@@ -1,5 +1,10 @@
 //! The one retry helper of the codebase: exponential backoff with jitter, transient
 //! failures only, `Retry-After` honoured, never past the caller's deadline.
+//!
+//! Every wait here may come from outside (a server's `Retry-After` can say
+//! `18446744073709551615` seconds), so instants and durations are only ever combined with
+//! checked or saturating arithmetic: a wait that does not fit is a wait past the deadline.
+#![deny(clippy::arithmetic_side_effects)]
 
 use std::future::Future;
 use std::time::Duration;
@@ -32,14 +37,14 @@ impl RetryPolicy {
         let exp = attempt.saturating_sub(1).min(31);
         let base = self
             .initial_backoff
-            .saturating_mul(1u32 << exp)
+            .saturating_mul(1u32.checked_shl(exp).unwrap_or(u32::MAX))
             .min(self.max_backoff);
         if !self.jitter || base.is_zero() {
             return base;
         }
-        let half = base / 2;
-        let spread = u64::try_from((base - half).as_nanos()).unwrap_or(u64::MAX);
-        half + Duration::from_nanos(fastrand::u64(0..=spread))
+        let half = base.checked_div(2).unwrap_or_default();
+        let spread = u64::try_from(base.saturating_sub(half).as_nanos()).unwrap_or(u64::MAX);
+        half.saturating_add(Duration::from_nanos(fastrand::u64(0..=spread)))
     }
 }
 
@@ -94,16 +99,16 @@ where
             Ok(p) => p,
             Err(give_up) => return Err(RetryError { give_up, last }),
         };
-        let result =
-            match tokio::time::timeout_at(deadline, op(attempt, deadline - now, pass)).await {
-                Ok(r) => r,
-                Err(_) => {
-                    return Err(RetryError {
-                        give_up: GiveUp::Deadline,
-                        last,
-                    });
-                }
-            };
+        let time_left = deadline.saturating_duration_since(now);
+        let result = match tokio::time::timeout_at(deadline, op(attempt, time_left, pass)).await {
+            Ok(r) => r,
+            Err(_) => {
+                return Err(RetryError {
+                    give_up: GiveUp::Deadline,
+                    last,
+                });
+            }
+        };
         let err = match result {
             Ok(v) => return Ok(v),
             Err(e) => e,
@@ -121,7 +126,11 @@ where
             });
         }
         let wait = err.retry_after().unwrap_or_else(|| policy.backoff(attempt));
-        if Instant::now() + wait >= deadline {
+        // `checked_add` is `None` for a wait too large to represent: past any deadline.
+        if Instant::now()
+            .checked_add(wait)
+            .is_none_or(|resume| resume >= deadline)
+        {
             return Err(RetryError {
                 give_up: GiveUp::Deadline,
                 last: Some(err),
@@ -137,7 +146,7 @@ where
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
+#[allow(clippy::unwrap_used, clippy::arithmetic_side_effects)]
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicU32, Ordering};
@@ -243,6 +252,20 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.give_up, GiveUp::Deadline);
         assert!(Instant::now() - start < Duration::from_millis(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_after_too_large_for_an_instant_gives_up_at_the_deadline() {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let err = retry(&policy(3), deadline, open, |_, _, _| async {
+            Err::<(), _>(Fail {
+                transient: true,
+                after: Some(Duration::from_secs(u64::MAX)),
+            })
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(err.give_up, GiveUp::Deadline);
     }
 
     #[tokio::test(start_paused = true)]

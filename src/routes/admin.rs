@@ -1,8 +1,12 @@
 //! Operator endpoints behind `Authorization: Bearer <ADMIN_TOKEN>`: invalidate a cached
-//! answer, reload the canned answers. With no token configured they do not exist (404).
+//! answer, reload the canned answers. With no token configured they do not exist: `404`
+//! to every method, so nothing tells that the route is there. The token is checked before
+//! any body is read, and a body is read with the same size and time limits as `/ask`'s.
 
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use secrecy::ExposeSecret;
 use subtle::ConstantTimeEq;
@@ -10,15 +14,27 @@ use subtle::ConstantTimeEq;
 use crate::app::AppState;
 use crate::error::ApiError;
 use crate::pipeline::normalize::normalize;
+use crate::routes::body::{json_object, read_body};
 
-fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+/// Admin is enabled (a token is set), the method is the route's, and the request carries
+/// the token (scheme `Bearer` in any case, as RFC 9110 says; the token compared in
+/// constant time). Errors: `404`, `405`, `401`, in that order.
+fn authorize(
+    state: &AppState,
+    method: &Method,
+    allowed: &Method,
+    headers: &HeaderMap,
+) -> Result<(), ApiError> {
     let Some(token) = &state.config.admin_token else {
         return Err(ApiError::not_found());
     };
+    if method != allowed {
+        return Err(ApiError::method_not_allowed());
+    }
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(bearer_token)
         .unwrap_or("");
     if bool::from(given.as_bytes().ct_eq(token.expose_secret().as_bytes())) {
         Ok(())
@@ -27,33 +43,38 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
+/// The token of an `Authorization: Bearer <token>` value; the scheme is matched without
+/// regard to case.
+pub fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim_start())
+}
+
 fn refuse(state: &AppState, e: ApiError) -> Response {
     state.reject(e.code);
     e.into_response()
 }
 
-pub async fn delete_cache(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> Response {
-    if let Err(e) = authorize(&state, &headers) {
+pub async fn delete_cache(State(state): State<AppState>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    if let Err(e) = authorize(&state, &parts.method, &Method::DELETE, &parts.headers) {
         return refuse(&state, e);
     }
+    let timeout = Duration::from_millis(state.config.server.body_read_timeout_ms);
+    let limit = state.config.limits.max_body_bytes;
     #[derive(serde::Deserialize)]
     struct Req {
         question: String,
     }
-    let req: Req = match serde_json::from_slice(&body) {
+    let parsed = match read_body(&parts.headers, body, limit, timeout).await {
+        Ok(bytes) => json_object::<Req>(&bytes, "a JSON object with a string field \"question\""),
+        Err(e) => Err(e),
+    };
+    let req = match parsed {
         Ok(r) => r,
-        Err(_) => {
-            return refuse(
-                &state,
-                ApiError::invalid_json(
-                    "body must be a JSON object with a string field \"question\"",
-                ),
-            );
-        }
+        Err(e) => return refuse(&state, e),
     };
     let key = state.pipeline.cache.key(&normalize(&req.question));
     match state.pipeline.cache.delete(&key).await {
@@ -73,8 +94,10 @@ pub async fn delete_cache(
     }
 }
 
-pub async fn reload_canned(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if let Err(e) = authorize(&state, &headers) {
+pub async fn reload_canned(State(state): State<AppState>, req: Request) -> Response {
+    // No body is read: whatever a client sends is left unread and the connection closed
+    // after the answer.
+    if let Err(e) = authorize(&state, req.method(), &Method::POST, req.headers()) {
         return refuse(&state, e);
     }
     match state.pipeline.canned.reload() {
@@ -87,5 +110,19 @@ pub async fn reload_canned(State(state): State<AppState>, headers: HeaderMap) ->
             ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_canned_file", e)
                 .into_response()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer_token;
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("BEARER abc"), Some("abc"));
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("Bearerabc"), None);
     }
 }

@@ -4,7 +4,6 @@
 //! model call whose answer will be cached, and a panic in the pipeline still ends in an
 //! answer.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Extension;
@@ -12,13 +11,14 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::{Deserialize, Serialize};
 
 use crate::app::AppState;
 use crate::error::ApiError;
 use crate::middleware::RequestId;
-use crate::pipeline::{Answer, DEFAULT_REPLY, Source};
+use crate::pipeline::Source;
+use crate::pipeline::normalize::normalize;
+use crate::routes::body::{json_object, read_body};
 
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
 
@@ -45,11 +45,6 @@ pub async fn ask(
     req: Request,
 ) -> Response {
     let started = Instant::now();
-    // Load shedding: past the limit, 503 at once, rather than a queue without bound.
-    let Ok(_permit) = state.inflight.try_acquire() else {
-        state.reject("overloaded");
-        return ApiError::overloaded().into_response();
-    };
     // Taken apart rather than extracted as a HeaderMap, which would copy every header.
     let (parts, body) = req.into_parts();
     let question = match read_question(&state, &parts.headers, body).await {
@@ -59,8 +54,19 @@ pub async fn ask(
             return e.into_response();
         }
     };
+    // Load shedding: past the limit, 503 at once, rather than a queue without bound. A
+    // slot is taken once the request is ready to walk, so clients whose bodies are still
+    // on their way (bounded by the body timeout) never hold one.
+    let Ok(_permit) = state.inflight.try_acquire() else {
+        state.reject("overloaded");
+        return ApiError::overloaded().into_response();
+    };
 
-    let answer = match state.pipeline.lookup(&question, started.into()).await {
+    let answer = match state
+        .pipeline
+        .lookup(&question, started.into(), &request_id)
+        .await
+    {
         Ok(hit) => hit,
         Err(miss) => {
             let pipeline = state.pipeline.clone();
@@ -73,17 +79,17 @@ pub async fn ask(
             match task.await {
                 Ok(a) => a,
                 Err(e) => {
+                    // The walk guards its model tiers itself; this is a failure around
+                    // them. The tiers that cannot fail still answer.
+                    state.metrics.walk_panics.inc();
                     tracing::error!(
                         request_id = &*request_id,
                         error = %e,
-                        "pipeline task failed; answering with the default reply"
+                        "pipeline task failed; answering from canned answers or the default reply"
                     );
-                    Answer {
-                        text: Arc::from(DEFAULT_REPLY),
-                        source: Source::Default,
-                        model: None,
-                        external: Duration::ZERO,
-                    }
+                    state
+                        .pipeline
+                        .last_resort(&normalize(&question), None, started.elapsed())
                 }
             }
         }
@@ -99,12 +105,14 @@ pub async fn ask(
     // each would cost more than the answer.
     if answer.source == Source::Cache {
         tracing::debug!(
+            request_id = &*request_id,
             source = "cache",
             latency_ms = elapsed.as_secs_f64() * 1000.0,
             "answered"
         );
     } else {
         tracing::info!(
+            request_id = &*request_id,
             source = answer.source.as_str(),
             model = answer.model.as_deref(),
             latency_ms = elapsed.as_secs_f64() * 1000.0,
@@ -133,41 +141,12 @@ async fn read_question(
     body: Body,
 ) -> Result<String, ApiError> {
     let limits = &state.config.limits;
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limits.max_body_bytes as u64) {
-        return Err(ApiError::payload_too_large(limits.max_body_bytes));
-    }
     let body_timeout = Duration::from_millis(state.config.server.body_read_timeout_ms);
-    let collected = tokio::time::timeout(
-        body_timeout,
-        Limited::new(body, limits.max_body_bytes).collect(),
-    )
-    .await
-    .map_err(|_| ApiError::request_timeout(body_timeout))?;
-    let bytes = match collected {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            return Err(ApiError::payload_too_large(limits.max_body_bytes));
-        }
-        Err(e) => {
-            return Err(ApiError::invalid_json(format!(
-                "could not read the request body: {e}"
-            )));
-        }
-    };
+    let bytes = read_body(headers, body, limits.max_body_bytes, body_timeout).await?;
     if !is_json(headers) {
         return Err(ApiError::unsupported_media_type());
     }
-    let req: AskRequest = serde_json::from_slice(&bytes).map_err(|e| {
-        if e.is_data() {
-            ApiError::invalid_json("body must be a JSON object with a string field \"question\"")
-        } else {
-            ApiError::invalid_json(format!("body is not valid JSON: {e}"))
-        }
-    })?;
+    let req: AskRequest = json_object(&bytes, "a JSON object with a string field \"question\"")?;
     let question = req.question.trim();
     if question.is_empty() {
         return Err(ApiError::invalid_question("question is empty"));

@@ -2,5 +2,6 @@
 
 pub mod admin;
 pub mod ask;
+pub mod body;
 pub mod health;
 pub mod metrics;
