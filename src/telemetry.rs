@@ -169,7 +169,7 @@ impl Metrics {
             )?,
             cache_writes: counter(
                 "qa_cache_writes_total",
-                "Writes of answers to Redis, by result (retried: succeeded after a failure; dropped: given up).",
+                "Answers written to Redis, by result (ok: at once; error: not at once, so it waits in the backlog, counted once per answer; retried: written from the backlog; dropped: given up).",
                 &["result"],
             )?,
             upstream_attempts: counter(

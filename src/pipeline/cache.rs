@@ -663,14 +663,18 @@ async fn write_loop(
             job = rx.recv() => match job {
                 // While older writes wait, newer ones queue behind them, so that the
                 // last answer for a key is the one Redis keeps.
-                Some(job) if !backlog.is_empty() => push_backlog(&cache, &mut backlog, job),
+                Some(job) if !backlog.is_empty() => {
+                    count_write(&cache, "error");
+                    push_backlog(&cache, &mut backlog, job);
+                }
                 Some(job) => {
                     let result = cache.redis_set(&job).await;
                     cache.note_write(&result);
                     match result {
                         Ok(()) => count_write(&cache, "ok"),
                         Err(e) => {
-                            // Counted once per answer, here; its retries are not.
+                            // Counted once per answer (here, or when it queues behind
+                            // older failed writes); its retries are not.
                             count_write(&cache, "error");
                             tracing::debug!(error = %e, "redis cache write failed; kept for a retry");
                             push_backlog(&cache, &mut backlog, job);

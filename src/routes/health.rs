@@ -13,8 +13,14 @@ pub async fn healthz() -> Response {
     Json(serde_json::json!({"status": "ok"})).into_response()
 }
 
+/// `redis` is `up`, `down` or `auth_failed`; `redis_writes` is `ok`, or `failing` while
+/// Redis answers reads but refuses writes (`maxmemory` with `noeviction`, say), which also
+/// makes the status `degraded`.
 pub async fn readyz(State(state): State<AppState>) -> Response {
-    let redis_up = state.pipeline.cache.redis_is_up();
+    let cache = &state.pipeline.cache;
+    let redis = cache.redis_state();
+    let redis_up = redis == crate::pipeline::cache::RedisState::Up;
+    let writes_failing = cache.writes_failing();
     let tier_state = |i: usize| {
         state
             .pipeline
@@ -26,7 +32,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     let draining = state.draining.load(Ordering::Relaxed);
     let status = if draining {
         "draining"
-    } else if redis_up && primary == "closed" {
+    } else if redis_up && !writes_failing && primary == "closed" {
         "ready"
     } else {
         "degraded"
@@ -34,7 +40,8 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     let body = Json(serde_json::json!({
         "status": status,
         "checks": {
-            "redis": if redis_up { "up" } else { "down" },
+            "redis": redis.as_str(),
+            "redis_writes": if writes_failing { "failing" } else { "ok" },
             "primary": primary,
             "secondary": secondary,
         }

@@ -5,6 +5,7 @@
 
 mod admin;
 mod ask;
+mod boundaries;
 mod cache;
 mod deadline;
 mod errors;
@@ -12,6 +13,7 @@ mod fuzz;
 mod helpers;
 mod metrics;
 mod process;
+mod redis_boundaries;
 mod redis_outage;
 mod resilience;
 mod retries;

@@ -383,3 +383,146 @@ async fn error_alert_logs_once_when_it_fires_and_once_when_it_resolves() {
     let firing = lines.iter().find(|l| l.contains("alert firing")).unwrap();
     assert!(firing.contains("\"level\":\"ERROR\""), "{firing}");
 }
+
+#[test]
+fn numbers_too_large_to_use_stop_start_up_naming_the_key_with_exit_2() {
+    for (var, value, key) in [
+        ("QA__CACHE__TTL_SECS", "40000000000", "cache.ttl_secs"),
+        (
+            "QA__LIMITS__MAX_CONCURRENT_REQUESTS",
+            "9223372036854775807",
+            "limits.max_concurrent_requests",
+        ),
+    ] {
+        let out = Command::new(BIN)
+            .env(var, value)
+            .env("LISTEN_ADDR", "127.0.0.1:0")
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .unwrap();
+
+        assert_eq!(out.status.code(), Some(2), "{var}={value}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(key), "{stderr}");
+    }
+}
+
+#[test]
+fn started_outside_the_repository_a_missing_canned_file_is_a_config_error_naming_it() {
+    let dir = std::env::temp_dir().join(format!("qa-elsewhere-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+
+    let out = Command::new(BIN)
+        .env("LISTEN_ADDR", "127.0.0.1:0")
+        .env("REDIS_URL", format!("redis://127.0.0.1:{}", free_port()))
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("canned.file"), "{stderr}");
+    assert!(stderr.contains("canned_answers.toml"), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("no configuration file"), "{stdout}");
+}
+
+#[test]
+fn the_config_file_is_found_from_any_folder_with_its_relative_paths() {
+    let dir = std::env::temp_dir().join(format!("qa-anywhere-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/config/default.toml");
+    let dead_redis = format!("redis://127.0.0.1:{}", free_port());
+    let child = Command::new(BIN)
+        .args(["--config", config])
+        .env("LISTEN_ADDR", "127.0.0.1:0")
+        .env("REDIS_URL", dead_redis)
+        .current_dir(&dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    signal(child.id(), "TERM");
+    let out = child.wait_with_output().unwrap();
+
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("canned answers loaded"), "{stdout}");
+}
+
+#[tokio::test]
+async fn credentials_in_a_model_url_never_reach_the_logs() {
+    let sim = healthy_sim().await;
+    let with_password = sim
+        .base_url()
+        .replacen("http://", "http://user:model-url-secret@", 1);
+
+    let lines = logs_of(
+        &[
+            ("OPENAI_BASE_URL", with_password.as_str()),
+            ("QA__SECONDARY__BASE_URL", with_password.as_str()),
+            ("RUST_LOG", "debug"),
+        ],
+        &sim,
+        |base| async move {
+            ask_with_id(&base, "secret?", "id-1").await;
+        },
+    )
+    .await;
+
+    let logs = lines.join("\n");
+    assert!(logs.contains("model tier configured"), "{logs}");
+    assert!(!logs.contains("model-url-secret"), "{logs}");
+}
+
+#[tokio::test]
+async fn an_invalid_log_filter_is_reported_at_start() {
+    let sim = healthy_sim().await;
+
+    let lines = logs_of(&[("RUST_LOG", "info,=[bad")], &sim, |_| async {}).await;
+
+    assert!(lines.iter().any(|l| l.contains("log filter")), "{lines:#?}");
+}
+
+#[tokio::test]
+async fn pretty_logs_into_a_pipe_carry_no_colour_codes() {
+    let sim = healthy_sim().await;
+
+    let lines = logs_of(&[("LOG_FORMAT", "pretty")], &sim, |_| async {}).await;
+
+    assert!(lines.iter().any(|l| l.contains("serving")), "{lines:#?}");
+    assert!(!lines.iter().any(|l| l.contains('\u{1b}')), "{lines:#?}");
+}
+
+#[tokio::test]
+async fn a_short_admin_token_is_warned_about_at_start() {
+    let sim = healthy_sim().await;
+
+    let lines = logs_of(&[("ADMIN_TOKEN", "x")], &sim, |_| async {}).await;
+
+    assert!(
+        lines.iter().any(|l| l.contains("ADMIN_TOKEN is shorter")),
+        "{lines:#?}"
+    );
+}
+
+#[tokio::test]
+async fn answered_log_lines_carry_the_request_id() {
+    let sim = healthy_sim().await;
+
+    let lines = logs_of(&[], &sim, |base| async move {
+        ask_with_id(&base, "who asked?", "answered-id-7").await;
+    })
+    .await;
+
+    let answered: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains("\"answered\""))
+        .collect();
+    assert!(!answered.is_empty(), "{lines:#?}");
+    assert!(
+        answered.iter().all(|l| l.contains("answered-id-7")),
+        "{answered:#?}"
+    );
+}
