@@ -27,14 +27,28 @@ OPTIONS:
     --seed N               seed of the random outcome draws
     --mix SPEC             default behaviour: failure mix, e.g. 503=0.5,hang=0.1
                            (outcomes: ok hang reset malformed empty null_content
-                           no_choices or a status 400..=599; the rest is ok)
-    --retry-after-secs N   default behaviour: Retry-After on 429/503 responses
+                           no_choices huge redirect content_parts or a status
+                           400..=599; the rest is ok)
+    --retry-after-secs N   default behaviour: Retry-After: N on 429/503 responses
+    --retry-after VALUE    default behaviour: Retry-After on 429/503 sent verbatim,
+                           e.g. 18446744073709551615, +3 or an HTTP date (wins
+                           over --retry-after-secs)
+    --retry-after-ms N     default behaviour: retry-after-ms: N on 429/503 responses
+    --huge-body-bytes N    default behaviour: content size of a `huge` answer
+                           (default 52428800, 50 MiB; sent chunked)
+    --redirect-location URL
+                           default behaviour: Location of a `redirect` (307) answer
+                           (default: this simulator's /redirected/v1/chat/completions,
+                           which answers a completion from the redirect target)
     --script LIST          default behaviour: outcomes played first, e.g. 503,503,ok
     -h, --help             print this help
 
 Command-line values override the configuration file.
 Control API: GET /control, GET /control/calls, PUT /control/models/{model},
-PUT /control/default, POST /control/reset.
+PUT /control/default, POST /control/reset. A behaviour is JSON with the keys
+latency_ms, jitter_ms, mix, script, retry_after_secs, retry_after,
+retry_after_ms, huge_body_bytes, redirect_location. The last request's
+Authorization is reported redacted (`Bearer ***`).
 ";
 
 /// Everything the binary needs to run.
@@ -44,7 +58,10 @@ pub struct CliOptions {
     pub config: SimConfig,
 }
 
+/// What the command line asks for.
 #[derive(Clone, Debug, PartialEq)]
+// Built once per process: the size of the `Run` variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum CliCommand {
     Run(CliOptions),
     Help,
@@ -71,6 +88,10 @@ where
     let mut seed = None;
     let mut mix = None;
     let mut retry_after_secs = None;
+    let mut retry_after = None;
+    let mut retry_after_ms = None;
+    let mut huge_body_bytes = None;
+    let mut redirect_location = None;
     let mut script = None;
 
     let mut args = args.into_iter();
@@ -93,6 +114,10 @@ where
             "--seed",
             "--mix",
             "--retry-after-secs",
+            "--retry-after",
+            "--retry-after-ms",
+            "--huge-body-bytes",
+            "--redirect-location",
             "--script",
         ];
         if !known.contains(&flag.as_str()) {
@@ -111,6 +136,10 @@ where
             "--jitter-ms" => jitter_ms = Some(number::<u64>(&flag, &value)?),
             "--seed" => seed = Some(number::<u64>(&flag, &value)?),
             "--retry-after-secs" => retry_after_secs = Some(number::<u64>(&flag, &value)?),
+            "--retry-after" => retry_after = Some(value),
+            "--retry-after-ms" => retry_after_ms = Some(number::<u64>(&flag, &value)?),
+            "--huge-body-bytes" => huge_body_bytes = Some(number::<u64>(&flag, &value)?),
+            "--redirect-location" => redirect_location = Some(value),
             "--mix" => mix = Some(parse_mix(&value).map_err(|e| format!("--mix: {e}"))?),
             "--script" => {
                 let outcomes = value
@@ -157,6 +186,18 @@ where
     }
     if let Some(v) = retry_after_secs {
         config.default.retry_after_secs = Some(v);
+    }
+    if let Some(v) = retry_after {
+        config.default.retry_after = Some(v);
+    }
+    if let Some(v) = retry_after_ms {
+        config.default.retry_after_ms = Some(v);
+    }
+    if let Some(v) = huge_body_bytes {
+        config.default.huge_body_bytes = Some(v);
+    }
+    if let Some(v) = redirect_location {
+        config.default.redirect_location = Some(v);
     }
     if let Some(v) = script {
         config.default.script = v;
