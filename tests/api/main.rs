@@ -7,6 +7,7 @@ mod admin;
 mod ask;
 mod cache;
 mod deadline;
+mod demo;
 mod errors;
 mod fuzz;
 mod helpers;
