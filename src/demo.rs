@@ -29,7 +29,9 @@ pub enum DemoError {
          choose another port with --demo-sim-port N (0 picks a free one)"
     )]
     SimPort {
+        /// The port asked for (`--demo-sim-port`).
         port: u16,
+        /// Why binding it failed.
         #[source]
         source: std::io::Error,
     },

@@ -262,6 +262,7 @@ impl SimState {
         self.lock().redirected_calls += 1;
     }
 
+    /// Calls the redirect target received since start-up or the last reset.
     pub fn redirected_calls(&self) -> u64 {
         self.lock().redirected_calls
     }
