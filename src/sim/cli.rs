@@ -230,6 +230,10 @@ pub async fn main(args: Vec<OsString>) -> ExitCode {
         Err(e) => return usage_error(&e),
     };
 
+    // Handlers first: a SIGTERM that arrives once the listening line is out (a
+    // test or a supervisor may send it at once) must shut down cleanly, not kill.
+    let stop = shutdown_signal();
+
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Ignored error: a subscriber may already be installed (e.g. in tests).
@@ -254,7 +258,7 @@ pub async fn main(args: Vec<OsString>) -> ExitCode {
         "upstream-sim listening on {} (seed {seed}); every failure it returns is SIMULATED fault injection, not a real provider error",
         server.base_url()
     );
-    shutdown_signal().await;
+    stop.await;
     tracing::info!("upstream-sim shutting down");
     server.shutdown().await;
     ExitCode::SUCCESS
@@ -266,26 +270,37 @@ fn usage_error(message: &str) -> ExitCode {
     ExitCode::from(2)
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
+/// Registers the SIGINT and SIGTERM handlers now and returns a future that
+/// completes on the first of them. (`tokio::signal::ctrl_c` and a `signal`
+/// made inside an async block only register when first polled, leaving a
+/// window in which the default action kills the process.)
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let interrupt = signal(SignalKind::interrupt()).ok();
+        let terminate = signal(SignalKind::terminate()).ok();
+        async move {
+            // Without a handler for one of them, only the other can stop us;
+            // don't exit at once.
+            let wait = |signal: Option<tokio::signal::unix::Signal>| async move {
+                match signal {
+                    Some(mut signal) => {
+                        signal.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                () = wait(interrupt) => {}
+                () = wait(terminate) => {}
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    async {
         if tokio::signal::ctrl_c().await.is_err() {
-            // Without a handler, only SIGTERM can stop us; don't exit at once.
             std::future::pending::<()>().await;
         }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = terminate => {}
     }
 }
