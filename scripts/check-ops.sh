@@ -7,14 +7,18 @@
 #   promtool test rules config/prometheus/tests/*.yml     rule unit tests (every alert fires and stays quiet)
 #   python3 -m json.tool config/grafana/dashboards/*.json dashboards are valid JSON
 #   grafana provisioning                                  dashboards use the provisioned datasource uid
-# The tools come from scripts/install-deps.sh. The metric names of the rules and dashboards
-# are checked against the live service by tests/ops.rs; scripts/prometheus-smoke.sh runs
-# a real Prometheus on the rules against the running service.
+# promtool and docker-compose come from scripts/install-deps.sh; hadolint is installed here,
+# by scripts/install-hadolint.sh (idempotent: nothing to do once it is there). The metric
+# names of the rules and dashboards are checked against the live service by tests/ops.rs;
+# scripts/prometheus-smoke.sh runs a real Prometheus on the rules against the running
+# service.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 step() { printf '\n----- %s -----\n' "$*"; }
+
+"./scripts/install-hadolint.sh"
 
 # hadolint may sit in pip's script directory without being linked onto PATH.
 if ! command -v hadolint >/dev/null 2>&1 && command -v python3 >/dev/null 2>&1; then

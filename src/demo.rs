@@ -1,13 +1,48 @@
 //! `--demo`: an in-process simulator behind both model tiers, with a mild mix of
 //! failures, so a newcomer sees retries and fallbacks live with one command.
+//!
+//! The demo never mixes its answers with real ones: it caches under its own key
+//! prefix ([`KEY_PREFIX`]), so a real instance sharing the Redis never serves a
+//! simulated answer. Its simulator listens on a fixed port ([`DEFAULT_SIM_PORT`],
+//! `--demo-sim-port`) so the control URL the banner prints stays the same from run
+//! to run.
 
 use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
 
 use crate::config::Config;
 use crate::sim::{Behavior, Outcome, SimConfig, SimServer};
 
-/// Starts the simulator on a free loopback port and points both tiers at it.
-pub async fn start(config: &mut Config) -> std::io::Result<SimServer> {
+/// Port of the demo's simulator unless `--demo-sim-port` says otherwise; not the
+/// stand-alone `upstream-sim`'s 9090, so both can run at once.
+pub const DEFAULT_SIM_PORT: u16 = 8081;
+
+/// Cache key prefix of the demo, apart from the real answers' (`qa:v1:` by default).
+pub const KEY_PREFIX: &str = "qa:demo:v1:";
+
+/// Why the demo could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// The simulator's port could not be bound (taken, or not allowed).
+    #[error(
+        "the demo simulator cannot listen on 127.0.0.1:{port}: {source}; \
+         choose another port with --demo-sim-port N (0 picks a free one)"
+    )]
+    SimPort {
+        /// The port asked for (`--demo-sim-port`).
+        port: u16,
+        /// Why binding it failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The simulator refused its configuration or could not start.
+    #[error("cannot start the demo simulator: {0}")]
+    Sim(#[from] std::io::Error),
+}
+
+/// Starts the simulator on `127.0.0.1:sim_port` (0: any free port), points both
+/// tiers at it and moves the cache to [`KEY_PREFIX`].
+pub async fn start(config: &mut Config, sim_port: u16) -> Result<SimServer, DemoError> {
     let primary = Behavior {
         latency_ms: 300,
         jitter_ms: 400,
@@ -34,7 +69,12 @@ pub async fn start(config: &mut Config) -> std::io::Result<SimServer> {
         ]),
         seed: crate::pipeline::cache::now_ms(),
     };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, sim_port))
+        .await
+        .map_err(|source| DemoError::SimPort {
+            port: sim_port,
+            source,
+        })?;
     let sim = SimServer::start(listener, sim_config).await?;
     // A hung call should not hold a demo request for the production default of 15 s.
     config.primary.attempt_timeout_ms = config.primary.attempt_timeout_ms.min(3000);
@@ -42,9 +82,43 @@ pub async fn start(config: &mut Config) -> std::io::Result<SimServer> {
     config.openai.base_url = sim.base_url();
     config.primary.base_url = None;
     config.secondary.base_url = None;
-    tracing::warn!(
-        simulator = %sim.base_url(),
-        "DEMO MODE: both model tiers are SIMULATED (upstream-sim in process); failures you see are injected on purpose"
-    );
+    config.cache.key_prefix = KEY_PREFIX.to_owned();
     Ok(sim)
+}
+
+/// Logs that the demo is running and prints a banner for people on stderr: where
+/// the service answers, that its answers are simulated and cached apart from real
+/// ones, and where the simulator's control API is.
+pub fn announce(service: SocketAddr, sim: &SimServer) {
+    let service_url = format!("http://{}", reachable(service));
+    let control_url = format!("http://{}/control", sim.addr());
+    tracing::warn!(
+        service = %service_url,
+        simulator = %sim.base_url(),
+        control = %control_url,
+        key_prefix = KEY_PREFIX,
+        "DEMO MODE: both model tiers are SIMULATED (upstream-sim in process); failures you see are injected on purpose; answers are cached apart from real ones"
+    );
+    eprintln!("{}", banner(&service_url, &control_url));
+}
+
+fn banner(service_url: &str, control_url: &str) -> String {
+    format!(
+        "\n\
+         ==== resilient-qa DEMO MODE ====\n\
+         service:    {service_url}   (POST {service_url}/ask)\n\
+         models:     SIMULATED by an in-process upstream-sim; failures are injected on purpose\n\
+         cache:      simulated answers are kept apart from real ones (key prefix {KEY_PREFIX})\n\
+         simulator:  {control_url}   (e.g. curl -XPUT {control_url}/models/gpt-4o -d '{{\"mix\":{{\"503\":1.0}}}}')\n\
+         ================================\n"
+    )
+}
+
+/// An address a person can paste: a wildcard listen address becomes loopback.
+fn reachable(addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port())
+    } else {
+        addr
+    }
 }

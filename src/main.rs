@@ -14,23 +14,37 @@ use resilient_qa::config::{self, Config};
 use resilient_qa::{demo, shutdown, telemetry};
 
 const USAGE: &str = "\
-usage: resilient-qa [--config PATH] [--demo]
+usage: resilient-qa [--config PATH] [--demo [--demo-sim-port N]]
 
-  --config PATH   configuration file (default: config/default.toml, or $QA_CONFIG)
-  --demo          serve with a simulated model provider behind both tiers (no API key
-                  needed; a mild mix of failures shows retries and fallbacks live)
-  --version       print the version
+  --config PATH         configuration file (default: config/default.toml, or $QA_CONFIG)
+  --demo                serve with a simulated model provider behind both tiers (no API
+                        key needed; a mild mix of failures shows retries and fallbacks
+                        live). Simulated answers are cached under their own key prefix
+                        (qa:demo:v1:), apart from real ones. A banner on stderr gives the
+                        service URL and the simulator's control URL.
+  --demo-sim-port N     port of the demo's simulator on 127.0.0.1 (default 8081; 0 picks
+                        a free one); its control API is http://127.0.0.1:N/control
+  --version             print the version
 ";
 
 struct Args {
     config: Option<PathBuf>,
     demo: bool,
+    demo_sim_port: Option<u16>,
+}
+
+fn port(value: &str) -> Result<u16, String> {
+    value
+        .trim()
+        .parse()
+        .map_err(|_| format!("--demo-sim-port: {value:?} is not a port number (0..=65535)"))
 }
 
 fn parse_args() -> Result<Option<Args>, String> {
     let mut args = Args {
         config: None,
         demo: false,
+        demo_sim_port: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -42,6 +56,12 @@ fn parse_args() -> Result<Option<Args>, String> {
                 args.config = Some(PathBuf::from(&s["--config=".len()..]));
             }
             "--demo" => args.demo = true,
+            "--demo-sim-port" => {
+                args.demo_sim_port = Some(port(&it.next().ok_or("--demo-sim-port needs a port")?)?);
+            }
+            s if s.starts_with("--demo-sim-port=") => {
+                args.demo_sim_port = Some(port(&s["--demo-sim-port=".len()..])?);
+            }
             "-h" | "--help" => {
                 print!("{USAGE}");
                 return Ok(None);
@@ -52,6 +72,9 @@ fn parse_args() -> Result<Option<Args>, String> {
             }
             other => return Err(format!("unknown argument {other:?}\n\n{USAGE}")),
         }
+    }
+    if args.demo_sim_port.is_some() && !args.demo {
+        return Err("--demo-sim-port only applies with --demo".to_owned());
     }
     Ok(Some(args))
 }
@@ -83,12 +106,17 @@ async fn main() -> ExitCode {
         ),
     }
 
-    let _sim = if args.demo {
-        match demo::start(&mut config).await {
+    let sim = if args.demo {
+        let port = args.demo_sim_port.unwrap_or(demo::DEFAULT_SIM_PORT);
+        match demo::start(&mut config, port).await {
             Ok(sim) => Some(sim),
             Err(e) => {
-                tracing::error!(error = %e, "cannot start the demo simulator");
-                return ExitCode::FAILURE;
+                tracing::error!(error = %e, "cannot start the demo");
+                eprintln!("resilient-qa: {e}");
+                return match e {
+                    demo::DemoError::SimPort { .. } => ExitCode::from(2),
+                    demo::DemoError::Sim(_) => ExitCode::FAILURE,
+                };
             }
         }
     } else {
@@ -106,6 +134,14 @@ async fn main() -> ExitCode {
             };
         }
     };
+    if let Some(sim) = &sim {
+        match app.local_addr() {
+            Ok(addr) => demo::announce(addr, sim),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the bound address for the demo banner")
+            }
+        }
+    }
     match app.run(shutdown::signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

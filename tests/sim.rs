@@ -376,7 +376,7 @@ async fn control_put_changes_behavior_and_get_reports_calls_and_last_request() {
     let model = &snapshot["models"]["gpt-4o"];
     assert_eq!(model["calls"], 3);
     assert_eq!(model["outcomes"], json!({"ok": 2, "401": 1}));
-    assert_eq!(model["last_request"]["authorization"], "Bearer sk-test");
+    assert_eq!(model["last_request"]["authorization"], "Bearer ***");
     assert_eq!(
         model["last_request"]["body"]["messages"][1]["content"],
         "third"
@@ -445,6 +445,12 @@ async fn control_put_rejects_a_bad_behavior_with_a_clear_400() {
         (json!({"latency": 5}), "unknown field"),
         (json!({"mix": {"503": 0.8, "hang": 0.5}}), "sum to"),
         (json!({"mix": {"503": -0.1}}), "0..=1"),
+        (json!({"retry_after": "1\n2"}), "retry_after"),
+        (
+            json!({"redirect_location": "http://x/\r\n"}),
+            "redirect_location",
+        ),
+        (json!({"huge_body_bytes": -1}), "expected u64"),
     ] {
         let response = client.put(&url).json(&body).send().await.unwrap();
         assert_eq!(response.status(), 400, "{body}");
@@ -560,6 +566,9 @@ fn outcomes_round_trip_as_strings_and_unknown_ones_are_rejected() {
         "empty",
         "null_content",
         "no_choices",
+        "huge",
+        "redirect",
+        "content_parts",
         "400",
         "401",
         "429",
@@ -748,4 +757,360 @@ fn binary_serves_and_ends_cleanly_on_sigterm() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "{status:?}");
+}
+
+fn no_redirects() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+async fn put_behavior(sim: &SimServer, model: &str, behavior: Value) {
+    let response = client()
+        .put(format!("{}/control/models/{model}", root(sim)))
+        .json(&behavior)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{behavior}");
+}
+
+#[tokio::test]
+async fn huge_answer_is_a_chunked_valid_completion_with_content_of_the_configured_size() {
+    let sim = start(SimConfig::default()).await;
+    // Not a multiple of the simulator's write size, so the last piece is partial.
+    put_behavior(
+        &sim,
+        "gpt-4o",
+        json!({"script": ["huge"], "huge_body_bytes": 1_000_003}),
+    )
+    .await;
+
+    let response = chat(&client(), &sim, "gpt-4o", "hi").await.unwrap();
+
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.headers().get("content-length").is_none(),
+        "a huge answer announces no length: {:?}",
+        response.headers()
+    );
+    assert_eq!(response.headers()["transfer-encoding"], "chunked");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["object"], "chat.completion");
+    assert_eq!(body["choices"][0]["finish_reason"], "stop");
+    let content = body["choices"][0]["message"]["content"].as_str().unwrap();
+    assert_eq!(content.len(), 1_000_003);
+    assert!(
+        content.starts_with("simulated huge answer. "),
+        "{}",
+        &content[..40]
+    );
+    assert_eq!(sim.snapshot().models["gpt-4o"].outcomes[&Outcome::Huge], 1);
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn huge_answer_without_a_size_sends_50_mib_of_content() {
+    let sim = start(with_model("gpt-4o", Behavior::always(Outcome::Huge))).await;
+    assert_eq!(resilient_qa::sim::DEFAULT_HUGE_BODY_BYTES, 50 * 1024 * 1024);
+
+    let mut response = chat(&client(), &sim, "gpt-4o", "hi").await.unwrap();
+
+    assert_eq!(response.status(), 200);
+    let mut received = 0usize;
+    let mut tail = Vec::new();
+    while let Some(piece) = response.chunk().await.unwrap() {
+        received += piece.len();
+        tail.extend_from_slice(&piece);
+        let keep = tail.len().saturating_sub(512);
+        tail.drain(..keep);
+    }
+    // The content plus an envelope of a few hundred bytes.
+    let content = 50 * 1024 * 1024;
+    assert!(
+        (content..content + 1024).contains(&received),
+        "{received} bytes"
+    );
+    let tail = String::from_utf8(tail).unwrap();
+    assert!(tail.contains(r#""finish_reason":"stop""#), "{tail}");
+    assert!(tail.ends_with('}'), "{tail}");
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn redirect_answers_307_to_the_redirect_target_which_is_not_called_unless_followed() {
+    let sim = start(with_model("gpt-4o", Behavior::always(Outcome::Redirect))).await;
+
+    let response = chat(&no_redirects(), &sim, "gpt-4o", "hi").await.unwrap();
+
+    assert_eq!(response.status(), 307);
+    let location = response.headers()["location"].to_str().unwrap().to_owned();
+    assert_eq!(
+        location,
+        format!("http://{}/redirected/v1/chat/completions", sim.addr())
+    );
+    assert_eq!(sim.redirected_calls(), 0, "not followed, so never called");
+    assert_eq!(sim.calls("gpt-4o"), 1);
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn redirect_target_answers_a_following_client_and_is_counted_apart() {
+    let sim = start(with_model("gpt-4o", Behavior::always(Outcome::Redirect))).await;
+
+    // reqwest follows a 307 by default, re-sending the POST and its body.
+    let response = chat(&client(), &sim, "gpt-4o", "where is my order?")
+        .await
+        .unwrap();
+
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.url().path(), "/redirected/v1/chat/completions");
+    assert_eq!(
+        content_of(response).await,
+        json!("[gpt-4o] simulated answer from the redirect target to: where is my order?")
+    );
+    assert_eq!(sim.redirected_calls(), 1);
+    assert_eq!(
+        sim.calls("gpt-4o"),
+        1,
+        "the target's call is not the model's"
+    );
+    let snapshot: Value = client()
+        .get(format!("{}/control", root(&sim)))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(snapshot["redirected_calls"], 1);
+    client()
+        .post(format!("{}/control/reset", root(&sim)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sim.redirected_calls(), 0, "reset clears the count");
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn redirect_location_sets_the_location_header() {
+    let sim = start(SimConfig::default()).await;
+    put_behavior(
+        &sim,
+        "gpt-4o",
+        json!({"script": ["redirect"], "redirect_location": "http://elsewhere.invalid/v1/chat/completions"}),
+    )
+    .await;
+
+    let response = chat(&no_redirects(), &sim, "gpt-4o", "hi").await.unwrap();
+
+    assert_eq!(response.status(), 307);
+    assert_eq!(
+        response.headers()["location"],
+        "http://elsewhere.invalid/v1/chat/completions"
+    );
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn retry_after_is_sent_verbatim_on_429_and_503() {
+    let sim = start(SimConfig::default()).await;
+    let client = client();
+    for value in [
+        "18446744073709551615",
+        "9223372036854775807",
+        "+3",
+        "-1",
+        "1.5",
+        "Wed, 21 Oct 2015 07:28:00 GMT",
+        "soon",
+    ] {
+        for status in [429, 503] {
+            put_behavior(
+                &sim,
+                "gpt-4o",
+                json!({"script": [status.to_string()], "retry_after": value}),
+            )
+            .await;
+
+            let response = chat(&client, &sim, "gpt-4o", "hi").await.unwrap();
+
+            assert_eq!(response.status(), status);
+            assert_eq!(response.headers()["retry-after"], value, "{status}");
+            assert!(response.headers().get("retry-after-ms").is_none());
+        }
+    }
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn retry_after_wins_over_retry_after_secs_and_skips_other_statuses() {
+    let behavior = Behavior {
+        retry_after_secs: Some(7),
+        retry_after: Some("+3".to_owned()),
+        script: vec![Outcome::Status(429), Outcome::Status(500)],
+        ..Behavior::default()
+    };
+    let sim = start(with_model("gpt-4o", behavior)).await;
+    let client = client();
+
+    let limited = chat(&client, &sim, "gpt-4o", "a").await.unwrap();
+    let failed = chat(&client, &sim, "gpt-4o", "b").await.unwrap();
+
+    assert_eq!(limited.headers()["retry-after"], "+3");
+    assert_eq!(failed.status(), 500);
+    assert!(failed.headers().get("retry-after").is_none());
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn retry_after_ms_is_sent_as_the_retry_after_ms_header_on_429_and_503_only() {
+    let sim = start(SimConfig::default()).await;
+    put_behavior(
+        &sim,
+        "gpt-4o",
+        json!({"script": ["429", "503", "500"], "retry_after_ms": 1500, "retry_after_secs": 9}),
+    )
+    .await;
+    let client = client();
+
+    let limited = chat(&client, &sim, "gpt-4o", "a").await.unwrap();
+    let unavailable = chat(&client, &sim, "gpt-4o", "b").await.unwrap();
+    let failed = chat(&client, &sim, "gpt-4o", "c").await.unwrap();
+
+    assert_eq!(limited.status(), 429);
+    assert_eq!(limited.headers()["retry-after-ms"], "1500");
+    assert_eq!(
+        limited.headers()["retry-after"],
+        "9",
+        "both headers, as OpenAI sends"
+    );
+    assert_eq!(unavailable.status(), 503);
+    assert_eq!(unavailable.headers()["retry-after-ms"], "1500");
+    assert_eq!(failed.status(), 500);
+    assert!(failed.headers().get("retry-after-ms").is_none());
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn content_parts_answer_is_an_array_of_text_parts_joining_to_the_ok_answer() {
+    let sim = start(SimConfig::default()).await;
+    put_behavior(&sim, "gpt-4o", json!({"mix": {"content_parts": 1.0}})).await;
+
+    let response = chat(&client(), &sim, "gpt-4o", "where is my order?")
+        .await
+        .unwrap();
+
+    assert_eq!(response.status(), 200);
+    let content = content_of(response).await;
+    let parts = content.as_array().unwrap();
+    assert_eq!(parts.len(), 2, "{content}");
+    assert!(parts.iter().all(|p| p["type"] == "text"), "{content}");
+    let joined: String = parts.iter().map(|p| p["text"].as_str().unwrap()).collect();
+    assert_eq!(joined, "[gpt-4o] simulated answer to: where is my order?");
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn control_api_reports_authorization_redacted_to_its_scheme() {
+    let sim = start(SimConfig::default()).await;
+    let client = client();
+    let send = |model: &'static str, authorization: &'static str| {
+        client
+            .post(format!("{}/chat/completions", sim.base_url()))
+            .header("authorization", authorization)
+            .json(&json!({"model": model, "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+    };
+    send("gpt-4o", "Bearer sk-live-0123456789secret")
+        .await
+        .unwrap();
+    send("bare", "sk-bare-0123456789secret").await.unwrap();
+
+    let text = client
+        .get(format!("{}/control", root(&sim)))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+
+    assert!(!text.contains("0123456789secret"), "{text}");
+    let snapshot: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        snapshot["models"]["gpt-4o"]["last_request"]["authorization"],
+        "Bearer ***"
+    );
+    assert_eq!(
+        snapshot["models"]["bare"]["last_request"]["authorization"],
+        "***"
+    );
+    // In process, a test can still check which credentials were sent.
+    assert!(sim.last_authorization_is("gpt-4o", Some("Bearer sk-live-0123456789secret")));
+    assert!(!sim.last_authorization_is("gpt-4o", Some("Bearer sk-other")));
+    sim.shutdown().await;
+}
+
+#[test]
+fn new_behavior_fields_parse_from_toml_and_cli() {
+    let config = SimConfig::from_toml_str(
+        r#"
+        [models."gpt-4o"]
+        retry_after = "Wed, 21 Oct 2015 07:28:00 GMT"
+        retry_after_ms = 250
+        huge_body_bytes = 1024
+        redirect_location = "http://127.0.0.1:1/elsewhere"
+        script = ["huge", "redirect", "content_parts"]
+        "#,
+    )
+    .unwrap();
+    let gpt = &config.models["gpt-4o"];
+    assert_eq!(
+        gpt.retry_after.as_deref(),
+        Some("Wed, 21 Oct 2015 07:28:00 GMT")
+    );
+    assert_eq!(gpt.retry_after_ms, Some(250));
+    assert_eq!(gpt.huge_body_bytes, Some(1024));
+    assert_eq!(
+        gpt.redirect_location.as_deref(),
+        Some("http://127.0.0.1:1/elsewhere")
+    );
+    assert_eq!(
+        gpt.script,
+        [Outcome::Huge, Outcome::Redirect, Outcome::ContentParts]
+    );
+
+    let args = [
+        "--retry-after=+3",
+        "--retry-after-ms",
+        "40",
+        "--huge-body-bytes",
+        "2048",
+        "--redirect-location",
+        "http://127.0.0.1:2/x",
+        "--script",
+        "huge,redirect,content_parts",
+    ];
+    let CliCommand::Run(options) = parse_args(args.iter().map(|s| (*s).to_owned()), None).unwrap()
+    else {
+        panic!("expected run");
+    };
+    let default = &options.config.default;
+    assert_eq!(default.retry_after.as_deref(), Some("+3"));
+    assert_eq!(default.retry_after_ms, Some(40));
+    assert_eq!(default.huge_body_bytes, Some(2048));
+    assert_eq!(
+        default.redirect_location.as_deref(),
+        Some("http://127.0.0.1:2/x")
+    );
+    assert_eq!(
+        default.script,
+        [Outcome::Huge, Outcome::Redirect, Outcome::ContentParts]
+    );
+    let err = parse_args(["--retry-after-ms".to_owned(), "soon".to_owned()], None).unwrap_err();
+    assert!(err.contains("--retry-after-ms"), "{err}");
 }

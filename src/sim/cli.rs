@@ -27,14 +27,28 @@ OPTIONS:
     --seed N               seed of the random outcome draws
     --mix SPEC             default behaviour: failure mix, e.g. 503=0.5,hang=0.1
                            (outcomes: ok hang reset malformed empty null_content
-                           no_choices or a status 400..=599; the rest is ok)
-    --retry-after-secs N   default behaviour: Retry-After on 429/503 responses
+                           no_choices huge redirect content_parts or a status
+                           400..=599; the rest is ok)
+    --retry-after-secs N   default behaviour: Retry-After: N on 429/503 responses
+    --retry-after VALUE    default behaviour: Retry-After on 429/503 sent verbatim,
+                           e.g. 18446744073709551615, +3 or an HTTP date (wins
+                           over --retry-after-secs)
+    --retry-after-ms N     default behaviour: retry-after-ms: N on 429/503 responses
+    --huge-body-bytes N    default behaviour: content size of a `huge` answer
+                           (default 52428800, 50 MiB; sent chunked)
+    --redirect-location URL
+                           default behaviour: Location of a `redirect` (307) answer
+                           (default: this simulator's /redirected/v1/chat/completions,
+                           which answers a completion from the redirect target)
     --script LIST          default behaviour: outcomes played first, e.g. 503,503,ok
     -h, --help             print this help
 
 Command-line values override the configuration file.
 Control API: GET /control, GET /control/calls, PUT /control/models/{model},
-PUT /control/default, POST /control/reset.
+PUT /control/default, POST /control/reset. A behaviour is JSON with the keys
+latency_ms, jitter_ms, mix, script, retry_after_secs, retry_after,
+retry_after_ms, huge_body_bytes, redirect_location. The last request's
+Authorization is reported redacted (`Bearer ***`).
 ";
 
 /// Everything the binary needs to run.
@@ -44,7 +58,10 @@ pub struct CliOptions {
     pub config: SimConfig,
 }
 
+/// What the command line asks for.
 #[derive(Clone, Debug, PartialEq)]
+// Built once per process: the size of the `Run` variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum CliCommand {
     Run(CliOptions),
     Help,
@@ -71,6 +88,10 @@ where
     let mut seed = None;
     let mut mix = None;
     let mut retry_after_secs = None;
+    let mut retry_after = None;
+    let mut retry_after_ms = None;
+    let mut huge_body_bytes = None;
+    let mut redirect_location = None;
     let mut script = None;
 
     let mut args = args.into_iter();
@@ -93,6 +114,10 @@ where
             "--seed",
             "--mix",
             "--retry-after-secs",
+            "--retry-after",
+            "--retry-after-ms",
+            "--huge-body-bytes",
+            "--redirect-location",
             "--script",
         ];
         if !known.contains(&flag.as_str()) {
@@ -111,6 +136,10 @@ where
             "--jitter-ms" => jitter_ms = Some(number::<u64>(&flag, &value)?),
             "--seed" => seed = Some(number::<u64>(&flag, &value)?),
             "--retry-after-secs" => retry_after_secs = Some(number::<u64>(&flag, &value)?),
+            "--retry-after" => retry_after = Some(value),
+            "--retry-after-ms" => retry_after_ms = Some(number::<u64>(&flag, &value)?),
+            "--huge-body-bytes" => huge_body_bytes = Some(number::<u64>(&flag, &value)?),
+            "--redirect-location" => redirect_location = Some(value),
             "--mix" => mix = Some(parse_mix(&value).map_err(|e| format!("--mix: {e}"))?),
             "--script" => {
                 let outcomes = value
@@ -158,6 +187,18 @@ where
     if let Some(v) = retry_after_secs {
         config.default.retry_after_secs = Some(v);
     }
+    if let Some(v) = retry_after {
+        config.default.retry_after = Some(v);
+    }
+    if let Some(v) = retry_after_ms {
+        config.default.retry_after_ms = Some(v);
+    }
+    if let Some(v) = huge_body_bytes {
+        config.default.huge_body_bytes = Some(v);
+    }
+    if let Some(v) = redirect_location {
+        config.default.redirect_location = Some(v);
+    }
     if let Some(v) = script {
         config.default.script = v;
     }
@@ -189,6 +230,10 @@ pub async fn main(args: Vec<OsString>) -> ExitCode {
         Err(e) => return usage_error(&e),
     };
 
+    // Handlers first: a SIGTERM that arrives once the listening line is out (a
+    // test or a supervisor may send it at once) must shut down cleanly, not kill.
+    let stop = shutdown_signal();
+
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Ignored error: a subscriber may already be installed (e.g. in tests).
@@ -213,7 +258,7 @@ pub async fn main(args: Vec<OsString>) -> ExitCode {
         "upstream-sim listening on {} (seed {seed}); every failure it returns is SIMULATED fault injection, not a real provider error",
         server.base_url()
     );
-    shutdown_signal().await;
+    stop.await;
     tracing::info!("upstream-sim shutting down");
     server.shutdown().await;
     ExitCode::SUCCESS
@@ -225,26 +270,37 @@ fn usage_error(message: &str) -> ExitCode {
     ExitCode::from(2)
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
+/// Registers the SIGINT and SIGTERM handlers now and returns a future that
+/// completes on the first of them. (`tokio::signal::ctrl_c` and a `signal`
+/// made inside an async block only register when first polled, leaving a
+/// window in which the default action kills the process.)
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let interrupt = signal(SignalKind::interrupt()).ok();
+        let terminate = signal(SignalKind::terminate()).ok();
+        async move {
+            // Without a handler for one of them, only the other can stop us;
+            // don't exit at once.
+            let wait = |signal: Option<tokio::signal::unix::Signal>| async move {
+                match signal {
+                    Some(mut signal) => {
+                        signal.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                () = wait(interrupt) => {}
+                () = wait(terminate) => {}
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    async {
         if tokio::signal::ctrl_c().await.is_err() {
-            // Without a handler, only SIGTERM can stop us; don't exit at once.
             std::future::pending::<()>().await;
         }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = terminate => {}
     }
 }

@@ -1,12 +1,14 @@
 //! The HTTP surface: the OpenAI-compatible wire API and the control API.
 
+use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Extension, Path, State};
-use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, HOST, LOCATION, RETRY_AFTER};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -20,20 +22,34 @@ use super::state::{Decision, SimState};
 /// Long enough that only the client's timeout (or shutdown) ends a hang.
 const HANG: Duration = Duration::from_secs(3600);
 
+/// Path of the redirect target, which `redirect` answers point at by default.
+pub(crate) const REDIRECT_TARGET_PATH: &str = "/redirected/v1/chat/completions";
+
+/// Size of the pieces a `huge` answer is written in; the only part of it the
+/// simulator holds in memory.
+const HUGE_CHUNK_BYTES: usize = 64 * 1024;
+
+/// Text a `huge` answer's content repeats (plain ASCII, nothing to escape).
+const HUGE_FILLER: &[u8] = b"simulated huge answer. ";
+
 /// State shared by every connection of one simulator.
 pub(crate) struct Shared {
     pub sim: SimState,
     /// Flipped to `true` once, by `SimServer::shutdown`.
     pub shutdown: watch::Sender<bool>,
     next_id: AtomicU64,
+    /// Where the simulator listens, for redirect locations when a request
+    /// has no usable `Host`.
+    addr: SocketAddr,
 }
 
 impl Shared {
-    pub fn new(sim: SimState) -> Shared {
+    pub fn new(sim: SimState, addr: SocketAddr) -> Shared {
         Shared {
             sim,
             shutdown: watch::Sender::new(false),
             next_id: AtomicU64::new(1),
+            addr,
         }
     }
 
@@ -74,6 +90,7 @@ impl ConnReset {
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat_completions))
+        .route(REDIRECT_TARGET_PATH, post(redirect_target))
         .route("/v1/models", get(list_models))
         .route("/control", get(control_snapshot))
         .route("/control/calls", get(control_calls))
@@ -200,12 +217,21 @@ async fn chat_completions(
         return conn.reset();
     }
     let content = match decision.outcome {
-        Outcome::Ok => Some(format!("[{model}] simulated answer to: {question}")),
-        Outcome::Empty => Some(String::new()),
-        Outcome::NullContent => None,
+        Outcome::Ok => Value::String(format!("[{model}] simulated answer to: {question}")),
+        Outcome::Empty => Value::String(String::new()),
+        Outcome::NullContent => Value::Null,
+        // The two parts joined are exactly the `ok` answer.
+        Outcome::ContentParts => json!([
+            {"type": "text", "text": format!("[{model}] ")},
+            {"type": "text", "text": format!("simulated answer to: {question}")},
+        ]),
         Outcome::NoChoices => {
-            return completion(&shared, &model, prompt_tokens, None, false);
+            return completion(&shared, &model, prompt_tokens, None);
         }
+        Outcome::Huge => {
+            return huge_completion(&shared, &model, prompt_tokens, decision.huge_body_bytes);
+        }
+        Outcome::Redirect => return redirect_response(&shared, &headers, &decision),
         Outcome::Status(code) => return status_response(code, &decision),
         Outcome::Hang => {
             shared.sleep_unless_shutdown(HANG).await;
@@ -221,26 +247,26 @@ async fn chat_completions(
                 .into_response();
         }
     };
-    completion(&shared, &model, prompt_tokens, content, true)
+    completion(&shared, &model, prompt_tokens, Some(content))
 }
 
+/// A chat completion whose one choice has `content` (any JSON: a string,
+/// `null`, an array of parts), or with no choice at all for `None`.
 fn completion(
     shared: &Shared,
     model: &str,
     prompt_tokens: u64,
-    content: Option<String>,
-    with_choice: bool,
+    content: Option<Value>,
 ) -> Response {
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-    let completion_tokens = estimate_tokens(content.as_deref().map_or(0, str::len));
-    let choices = if with_choice {
-        json!([{
+    let completion_tokens = estimate_tokens(content_text(content.as_ref()).len());
+    let choices = match content {
+        Some(content) => json!([{
             "index": 0,
             "message": { "role": "assistant", "content": content },
             "finish_reason": "stop",
-        }])
-    } else {
-        json!([])
+        }]),
+        None => json!([]),
     };
     let body = json!({
         "id": format!("chatcmpl-sim-{id}"),
@@ -257,15 +283,119 @@ fn completion(
     Json(body).into_response()
 }
 
+/// A valid completion whose content is `content_bytes` bytes of filler,
+/// written as a chunked body (no `Content-Length`) in pieces of
+/// [`HUGE_CHUNK_BYTES`]: one piece is shared by every write, so memory use
+/// does not grow with the size.
+fn huge_completion(
+    shared: &Shared,
+    model: &str,
+    prompt_tokens: u64,
+    content_bytes: u64,
+) -> Response {
+    let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+    let completion_tokens = content_bytes.div_ceil(4);
+    let head = format!(
+        r#"{{"id":"chatcmpl-sim-{id}","object":"chat.completion","created":{created},"model":{model},"choices":[{{"index":0,"message":{{"role":"assistant","content":""#,
+        created = unix_now(),
+        model = Value::String(model.to_owned()),
+    );
+    let tail = format!(
+        r#""}},"finish_reason":"stop"}}],"usage":{{"prompt_tokens":{prompt_tokens},"completion_tokens":{completion_tokens},"total_tokens":{total}}}}}"#,
+        total = prompt_tokens.saturating_add(completion_tokens),
+    );
+    let piece: Bytes = HUGE_FILLER
+        .iter()
+        .copied()
+        .cycle()
+        .take(HUGE_CHUNK_BYTES)
+        .collect::<Vec<u8>>()
+        .into();
+    let chunk = u64::try_from(HUGE_CHUNK_BYTES).unwrap_or(u64::MAX);
+    let full_pieces = usize::try_from(content_bytes / chunk).unwrap_or(usize::MAX);
+    let last_piece = piece.slice(..usize::try_from(content_bytes % chunk).unwrap_or(0));
+    let pieces = std::iter::once(Bytes::from(head))
+        .chain(std::iter::repeat_n(piece, full_pieces))
+        .chain(std::iter::once(last_piece))
+        .chain(std::iter::once(Bytes::from(tail)))
+        .filter(|piece| !piece.is_empty())
+        .map(Ok::<Bytes, Infallible>);
+    (
+        StatusCode::OK,
+        [(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        Body::from_stream(futures_util::stream::iter(pieces)),
+    )
+        .into_response()
+}
+
+/// `307` to the behaviour's `redirect_location`, or else to this
+/// simulator's redirect target, addressed the way the client addressed us.
+fn redirect_response(shared: &Shared, headers: &HeaderMap, decision: &Decision) -> Response {
+    let location = match &decision.redirect_location {
+        Some(location) => location.clone(),
+        None => {
+            let host = headers
+                .get(HOST)
+                .and_then(|h| h.to_str().ok())
+                .filter(|h| !h.is_empty())
+                .map_or_else(|| shared.addr.to_string(), str::to_owned);
+            format!("http://{host}{REDIRECT_TARGET_PATH}")
+        }
+    };
+    let mut response = error_response(
+        StatusCode::TEMPORARY_REDIRECT,
+        format!("simulated redirect to {location}"),
+    );
+    match HeaderValue::from_str(&location) {
+        Ok(value) => {
+            response.headers_mut().insert(LOCATION, value);
+        }
+        // Only an unvalidated `set_behavior` can get here.
+        Err(_) => {
+            tracing::warn!(%location, "redirect location is not a header value; sent without it")
+        }
+    }
+    response
+}
+
+/// The target of simulated redirects: always a valid completion saying where
+/// it came from, counted apart from the models' calls.
+async fn redirect_target(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    shared.sim.record_redirected_call();
+    let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let model = request
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or("unknown-model")
+        .to_owned();
+    let question = last_user_content(&request);
+    let prompt_tokens = estimate_tokens(prompt_len(&request));
+    tracing::debug!(%model, "call to the redirect target");
+    let content = format!("[{model}] simulated answer from the redirect target to: {question}");
+    completion(&shared, &model, prompt_tokens, Some(Value::String(content)))
+}
+
 fn status_response(code: u16, decision: &Decision) -> Response {
     // Out-of-range codes only arrive through unvalidated `set_behavior`;
     // answer 500 rather than fail.
     let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut response = error_response(status, format!("simulated {}", status.as_u16()));
-    if let (Some(secs), 429 | 503) = (decision.retry_after_secs, status.as_u16()) {
+    if !matches!(status.as_u16(), 429 | 503) {
+        return response;
+    }
+    if let Some(value) = &decision.retry_after {
+        match HeaderValue::from_str(value) {
+            Ok(value) => {
+                response.headers_mut().insert(RETRY_AFTER, value);
+            }
+            // Only an unvalidated `set_behavior` can get here.
+            Err(_) => tracing::warn!(%value, "retry_after is not a header value; not sent"),
+        }
+    }
+    if let Some(ms) = decision.retry_after_ms {
         response
             .headers_mut()
-            .insert(RETRY_AFTER, HeaderValue::from(secs));
+            .insert("retry-after-ms", HeaderValue::from(ms));
     }
     response
 }

@@ -4,8 +4,11 @@
 //! real LLM provider: an HTTP server speaking the chat-completions wire API
 //! (`POST /v1/chat/completions`, `GET /v1/models`) whose answers are chosen
 //! per model by a [`Behavior`] — scripted or randomly mixed outcomes such as
-//! error statuses, hangs, real TCP resets, malformed or empty completions,
-//! with latency and jitter — reproducibly from a seed; a JSON control API
+//! error statuses (with any `Retry-After` or `retry-after-ms`), hangs, real
+//! TCP resets, malformed or empty completions, huge completions, redirects,
+//! content as an array of parts, with latency and jitter — reproducibly from
+//! a seed; a redirect target (`/redirected/v1/chat/completions`); a JSON
+//! control API
 //! (`/control…`) to inspect call counts and last requests and to change
 //! behaviour at run time; the [`SimServer`] handle used in-process by tests
 //! and the service's demo mode; and the CLI of the `upstream-sim` binary
@@ -23,7 +26,10 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-pub use model::{Behavior, Outcome, ParseOutcomeError, STATUS_RANGE, SimConfig, parse_mix};
+pub use model::{
+    Behavior, DEFAULT_HUGE_BODY_BYTES, Outcome, ParseOutcomeError, STATUS_RANGE, SimConfig,
+    parse_mix,
+};
 pub use state::{BUILTIN_MODELS, ControlSnapshot, LastRequest, ModelReport};
 
 use http::Shared;
@@ -49,11 +55,12 @@ impl SimServer {
             .validate()
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         let addr = listener.local_addr()?;
-        let shared = Arc::new(Shared::new(SimState::new(config)));
+        let shared = Arc::new(Shared::new(SimState::new(config), addr));
         let task = tokio::spawn(conn::accept_loop(listener, Arc::clone(&shared)));
         Ok(SimServer { addr, shared, task })
     }
 
+    /// The address the simulator listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
@@ -67,6 +74,20 @@ impl SimServer {
     /// reset.
     pub fn calls(&self, model: &str) -> u64 {
         self.shared.sim.calls(model)
+    }
+
+    /// Calls the redirect target (`/redirected/v1/chat/completions`) received
+    /// since start-up or the last reset.
+    pub fn redirected_calls(&self) -> u64 {
+        self.shared.sim.redirected_calls()
+    }
+
+    /// Whether `model`'s last chat-completion request carried exactly this
+    /// `Authorization` header (`None`: none). The control API only shows it
+    /// redacted; this lets an in-process test check the credentials sent
+    /// without the simulator ever echoing them.
+    pub fn last_authorization_is(&self, model: &str, expected: Option<&str>) -> bool {
+        self.shared.sim.last_authorization_is(model, expected)
     }
 
     /// Replaces `model`'s behaviour, as `PUT /control/models/{model}` does:

@@ -6,14 +6,16 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
+use axum::http::HeaderValue;
 use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// What one chat-completion call turns into.
 ///
 /// On the wire (JSON, TOML, CLI) an outcome is a string: `"ok"`, `"hang"`,
-/// `"reset"`, `"malformed"`, `"empty"`, `"null_content"`, `"no_choices"`, or an
-/// HTTP status code in `400..=599` such as `"429"` or `"503"`.
+/// `"reset"`, `"malformed"`, `"empty"`, `"null_content"`, `"no_choices"`,
+/// `"huge"`, `"redirect"`, `"content_parts"`, or an HTTP status code in
+/// `400..=599` such as `"429"` or `"503"`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Outcome {
     /// 200 with a well-formed completion.
@@ -32,7 +34,24 @@ pub enum Outcome {
     NullContent,
     /// A completion with `"choices": []`.
     NoChoices,
+    /// 200 with a valid completion whose content is
+    /// [`Behavior::huge_body_bytes`] bytes long, sent as a chunked body
+    /// without a `Content-Length`, generated piece by piece.
+    Huge,
+    /// `307 Temporary Redirect` whose `Location` is
+    /// [`Behavior::redirect_location`], by default the simulator's own
+    /// `/redirected/v1/chat/completions`, which answers a valid completion
+    /// saying it came from the redirect target.
+    Redirect,
+    /// 200 with a completion whose content is an array of text parts
+    /// (`[{"type":"text","text":"..."}, ...]`, as vLLM and Mistral send);
+    /// the parts joined are the `ok` answer.
+    ContentParts,
 }
+
+/// Content length of a [`Outcome::Huge`] answer when the behaviour does not
+/// set [`Behavior::huge_body_bytes`]: 50 MiB.
+pub const DEFAULT_HUGE_BODY_BYTES: u64 = 50 * 1024 * 1024;
 
 /// Status codes an [`Outcome::Status`] may carry: only errors make sense,
 /// since success is [`Outcome::Ok`].
@@ -62,6 +81,9 @@ impl fmt::Display for Outcome {
             Outcome::Empty => f.write_str("empty"),
             Outcome::NullContent => f.write_str("null_content"),
             Outcome::NoChoices => f.write_str("no_choices"),
+            Outcome::Huge => f.write_str("huge"),
+            Outcome::Redirect => f.write_str("redirect"),
+            Outcome::ContentParts => f.write_str("content_parts"),
         }
     }
 }
@@ -75,7 +97,8 @@ impl fmt::Display for ParseOutcomeError {
         write!(
             f,
             "unknown outcome {:?}: expected one of ok, hang, reset, malformed, empty, \
-             null_content, no_choices, or an HTTP status code 400..=599 such as \"503\"",
+             null_content, no_choices, huge, redirect, content_parts, or an HTTP status \
+             code 400..=599 such as \"503\"",
             self.0
         )
     }
@@ -95,6 +118,9 @@ impl FromStr for Outcome {
             "empty" => Outcome::Empty,
             "null_content" => Outcome::NullContent,
             "no_choices" => Outcome::NoChoices,
+            "huge" => Outcome::Huge,
+            "redirect" => Outcome::Redirect,
+            "content_parts" => Outcome::ContentParts,
             other => match other.parse::<u16>() {
                 Ok(code) if STATUS_RANGE.contains(&code) => Outcome::Status(code),
                 _ => return Err(ParseOutcomeError(s.to_owned())),
@@ -121,7 +147,8 @@ impl<'de> Deserialize<'de> for Outcome {
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str(
                     "an outcome: \"ok\", \"hang\", \"reset\", \"malformed\", \"empty\", \
-                     \"null_content\", \"no_choices\" or a status code 400..=599",
+                     \"null_content\", \"no_choices\", \"huge\", \"redirect\", \
+                     \"content_parts\" or a status code 400..=599",
                 )
             }
 
@@ -156,6 +183,24 @@ pub struct Behavior {
     pub mix: BTreeMap<Outcome, f64>,
     /// When set, 429 and 503 responses carry `Retry-After: N`.
     pub retry_after_secs: Option<u64>,
+    /// When set, 429 and 503 responses carry `Retry-After` with exactly this
+    /// value, unchecked beyond being a valid header value: any number of
+    /// seconds (`18446744073709551615`), a signed one (`+3`), an HTTP date,
+    /// garbage. Wins over `retry_after_secs` when both are set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<String>,
+    /// When set, 429 and 503 responses carry `retry-after-ms: N`
+    /// (milliseconds, as OpenAI and Azure send it), beside any `Retry-After`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
+    /// Content length in bytes of a `huge` answer; unset means
+    /// [`DEFAULT_HUGE_BODY_BYTES`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub huge_body_bytes: Option<u64>,
+    /// `Location` of a `redirect` answer; unset means the simulator's own
+    /// `/redirected/v1/chat/completions`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redirect_location: Option<String>,
     /// Consumed first, one outcome per call, in order, before the mix applies.
     pub script: Vec<Outcome>,
 }
@@ -178,7 +223,9 @@ impl Behavior {
     }
 
     /// Checks that the mix is a probability distribution (each share in
-    /// `0..=1`, total at most 1) and that status outcomes are in `400..=599`.
+    /// `0..=1`, total at most 1), that status outcomes are in `400..=599`,
+    /// and that `retry_after` and `redirect_location` can be sent as header
+    /// values.
     pub fn validate(&self) -> Result<(), String> {
         let mut total = 0.0;
         for (outcome, &p) in &self.mix {
@@ -198,6 +245,19 @@ impl Behavior {
         }
         for (i, outcome) in self.script.iter().enumerate() {
             outcome.check().map_err(|e| format!("script[{i}]: {e}"))?;
+        }
+        for (field, value) in [
+            ("retry_after", &self.retry_after),
+            ("redirect_location", &self.redirect_location),
+        ] {
+            if let Some(value) = value
+                && HeaderValue::from_str(value).is_err()
+            {
+                return Err(format!(
+                    "{field}: {value:?} cannot be sent as an HTTP header value \
+                     (it contains a control character)"
+                ));
+            }
         }
         Ok(())
     }

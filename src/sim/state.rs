@@ -10,7 +10,7 @@ use fastrand::Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::model::{Behavior, Outcome, SimConfig};
+use super::model::{Behavior, DEFAULT_HUGE_BODY_BYTES, Outcome, SimConfig};
 
 /// Models every simulator lists in `GET /v1/models`, configured or not, so a
 /// client probing the endpoint finds the names it most likely asks for.
@@ -23,6 +23,10 @@ pub struct ControlSnapshot {
     pub default: Behavior,
     /// Every model that was configured or called.
     pub models: BTreeMap<String, ModelReport>,
+    /// Calls the redirect target (`POST /redirected/v1/chat/completions`)
+    /// received, whatever their model; they are not counted in `models`.
+    #[serde(default)]
+    pub redirected_calls: u64,
 }
 
 /// State of one model as the control API reports it.
@@ -42,16 +46,24 @@ pub struct ModelReport {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LastRequest {
     pub body: Value,
-    /// Value of the `Authorization` header, if any.
+    /// The `Authorization` header, if any, with its credentials replaced by
+    /// `***`: `Bearer sk-…` reads `Bearer ***`, a value without a scheme
+    /// reads `***`. The secret itself is never reported.
     pub authorization: Option<String>,
 }
 
-/// What the simulator decided to do with one call.
-#[derive(Clone, Copy, Debug)]
+/// What the simulator decided to do with one call, with the parts of the
+/// behaviour the answer needs.
+#[derive(Clone, Debug)]
 pub(crate) struct Decision {
     pub outcome: Outcome,
     pub delay: Duration,
-    pub retry_after_secs: Option<u64>,
+    /// `Retry-After` value for a 429 or 503.
+    pub retry_after: Option<String>,
+    /// `retry-after-ms` value for a 429 or 503.
+    pub retry_after_ms: Option<u64>,
+    pub huge_body_bytes: u64,
+    pub redirect_location: Option<String>,
 }
 
 struct ModelState {
@@ -62,6 +74,9 @@ struct ModelState {
     calls: u64,
     outcomes: BTreeMap<Outcome, u64>,
     last_request: Option<LastRequest>,
+    /// The unredacted `Authorization` of the last request, for in-process
+    /// checks only; never serialized.
+    last_authorization: Option<String>,
 }
 
 impl ModelState {
@@ -73,6 +88,7 @@ impl ModelState {
             calls: 0,
             outcomes: BTreeMap::new(),
             last_request: None,
+            last_authorization: None,
         }
     }
 
@@ -97,6 +113,7 @@ struct Inner {
     seed: u64,
     default: Behavior,
     models: BTreeMap<String, ModelState>,
+    redirected_calls: u64,
 }
 
 impl Inner {
@@ -115,6 +132,7 @@ impl Inner {
             seed: config.seed,
             default: config.default.clone(),
             models,
+            redirected_calls: 0,
         }
     }
 
@@ -154,6 +172,7 @@ impl SimState {
             seed,
             default,
             models,
+            ..
         } = &mut *guard;
         let state = models
             .entry(model.to_owned())
@@ -161,8 +180,9 @@ impl SimState {
         state.calls += 1;
         state.last_request = Some(LastRequest {
             body,
-            authorization,
+            authorization: authorization.as_deref().map(redact_authorization),
         });
+        state.last_authorization = authorization;
         let behavior = state.behavior.as_ref().unwrap_or(default);
         let outcome = match behavior.script.get(state.script_pos) {
             Some(&scripted) => {
@@ -178,7 +198,13 @@ impl SimState {
         let decision = Decision {
             outcome,
             delay: Duration::from_millis(behavior.latency_ms.saturating_add(jitter)),
-            retry_after_secs: behavior.retry_after_secs,
+            retry_after: behavior
+                .retry_after
+                .clone()
+                .or_else(|| behavior.retry_after_secs.map(|secs| secs.to_string())),
+            retry_after_ms: behavior.retry_after_ms,
+            huge_body_bytes: behavior.huge_body_bytes.unwrap_or(DEFAULT_HUGE_BODY_BYTES),
+            redirect_location: behavior.redirect_location.clone(),
         };
         *state.outcomes.entry(outcome).or_insert(0) += 1;
         decision
@@ -201,6 +227,7 @@ impl SimState {
             seed,
             default,
             models,
+            ..
         } = &mut *guard;
         *default = behavior;
         for (name, state) in models.iter_mut() {
@@ -226,7 +253,26 @@ impl SimState {
                 .iter()
                 .map(|(name, state)| (name.clone(), state.report(&guard.default)))
                 .collect(),
+            redirected_calls: guard.redirected_calls,
         }
+    }
+
+    /// Counts a call to the redirect target.
+    pub fn record_redirected_call(&self) {
+        self.lock().redirected_calls += 1;
+    }
+
+    /// Calls the redirect target received since start-up or the last reset.
+    pub fn redirected_calls(&self) -> u64 {
+        self.lock().redirected_calls
+    }
+
+    /// Whether `model`'s last request carried exactly this `Authorization`
+    /// value (`None`: no such header). False if the model was never called.
+    pub fn last_authorization_is(&self, model: &str, expected: Option<&str>) -> bool {
+        self.lock().models.get(model).is_some_and(|state| {
+            state.last_request.is_some() && state.last_authorization.as_deref() == expected
+        })
     }
 
     pub fn calls(&self, model: &str) -> u64 {
@@ -254,6 +300,16 @@ impl SimState {
             }
         }
         names
+    }
+}
+
+/// `Authorization` as the control API reports it: the scheme, if any, and
+/// `***` in place of the credentials.
+fn redact_authorization(value: &str) -> String {
+    match value.trim().split_once(char::is_whitespace) {
+        Some((scheme, _)) => format!("{scheme} ***"),
+        None if value.trim().is_empty() => String::new(),
+        None => "***".to_owned(),
     }
 }
 

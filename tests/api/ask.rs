@@ -155,7 +155,8 @@ async fn model_receives_the_trimmed_question_as_written_with_temperature_zero() 
     );
     assert_eq!(last.body["temperature"], 0.0);
     assert_eq!(last.body["model"], "gpt-4o");
-    assert_eq!(last.authorization.as_deref(), Some("Bearer sk-test-key"));
+    assert_eq!(last.authorization.as_deref(), Some("Bearer ***"));
+    assert!(sim.last_authorization_is("gpt-4o", Some("Bearer sk-test-key")));
 }
 
 #[tokio::test]

@@ -8,6 +8,7 @@ mod ask;
 mod boundaries;
 mod cache;
 mod deadline;
+mod demo;
 mod errors;
 mod fuzz;
 mod helpers;
