@@ -4,6 +4,7 @@
 #   promtool                 (Debian: prometheus)                 - scripts/check-ops.sh
 #   docker-compose           (Debian: docker-compose, v1.29)      - scripts/check-ops.sh (config validation only)
 #   curl                     (Debian: curl)                       - scripts/check-run.sh
+#   openssl                  (Debian: openssl)                    - TLS tests make their own certificates
 # hadolint, which only scripts/check-ops.sh uses, is installed by scripts/install-hadolint.sh,
 # which check-ops.sh calls itself; the test command (scripts/test.sh) does not need it.
 # Anything already on PATH is skipped; `apt-get update` runs at most once, and only when an
@@ -30,9 +31,10 @@ need_root() {
 
 # ---------------------------------------------------------------- apt packages
 # tool on PATH -> Debian package that provides it
-APT_TOOLS=(redis-server redis-cli promtool docker-compose curl)
+APT_TOOLS=(redis-server redis-cli promtool docker-compose curl openssl)
 declare -A APT_PKG=(
     [curl]=curl
+    [openssl]=openssl
     [redis-server]=redis-server
     [redis-cli]=redis-tools
     [promtool]=prometheus

@@ -98,6 +98,8 @@ async fn main() -> ExitCode {
         }
     };
     telemetry::init_tracing(&config.log);
+    // Installed now: a SIGTERM during start-up then drains instead of killing.
+    let shutdown = shutdown::signal();
     match &config.source {
         Some(path) => tracing::info!(file = %path.display(), "configuration file read"),
         None => tracing::warn!(
@@ -142,7 +144,7 @@ async fn main() -> ExitCode {
             }
         }
     }
-    match app.run(shutdown::signal()).await {
+    match app.run(shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "server failed");

@@ -232,7 +232,7 @@ async fn readyz_is_ready_with_redis_up_and_a_configured_primary() {
     assert_eq!(status, 200);
     assert_eq!(
         body,
-        serde_json::json!({"status": "ready", "checks": {"redis": "up", "primary": "closed", "secondary": "closed"}})
+        serde_json::json!({"status": "ready", "checks": {"redis": "up", "redis_writes": "ok", "primary": "closed", "secondary": "closed"}})
     );
     assert_eq!(
         (hstatus, health),

@@ -19,3 +19,4 @@ mod redis_outage;
 mod resilience;
 mod retries;
 mod seed_experiment;
+mod upstream_boundaries;
