@@ -7,6 +7,8 @@
 //! failure (or a probe abandoned midway) opens it again. Every transition is logged once
 //! and mirrored in `qa_circuit_state`.
 
+#![deny(clippy::arithmetic_side_effects)]
+
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -180,23 +182,28 @@ impl Breaker {
         }
         let now = self.started.elapsed().as_secs();
         let len = inner.buckets.len();
-        let bucket = &mut inner.buckets[(now % len as u64) as usize];
+        let slot = now.checked_rem(len as u64).unwrap_or(0) as usize;
+        let Some(bucket) = inner.buckets.get_mut(slot) else {
+            return;
+        };
         if bucket.0 != now {
             *bucket = (now, 0, 0);
         }
-        bucket.1 += 1;
+        bucket.1 = bucket.1.saturating_add(1);
         if success {
             inner.consecutive = 0;
             return;
         }
-        bucket.2 += 1;
-        inner.consecutive += 1;
+        bucket.2 = bucket.2.saturating_add(1);
+        inner.consecutive = inner.consecutive.saturating_add(1);
         let window = self.cfg.window_secs;
         let (calls, failures) = inner
             .buckets
             .iter()
-            .filter(|(s, _, _)| *s != u64::MAX && s + window > now)
-            .fold((0u32, 0u32), |(c, f), (_, bc, bf)| (c + bc, f + bf));
+            .filter(|(s, _, _)| *s != u64::MAX && s.saturating_add(window) > now)
+            .fold((0u32, 0u32), |(c, f), (_, bc, bf)| {
+                (c.saturating_add(*bc), f.saturating_add(*bf))
+            });
         let by_run = inner.consecutive >= self.cfg.consecutive_failures;
         let by_share = calls >= self.cfg.min_calls
             && f64::from(failures) >= self.cfg.failure_ratio * f64::from(calls);
@@ -240,6 +247,7 @@ impl Breaker {
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;

@@ -3,6 +3,8 @@
 //! `min_per_sec` retries a second. When the provider is down, retries stop at that share
 //! instead of multiplying its load.
 
+#![deny(clippy::arithmetic_side_effects)]
+
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -33,9 +35,12 @@ impl RetryBudget {
         let len = buckets.len() as u64;
         let (firsts, retries) = buckets
             .iter()
-            .filter(|(s, _, _)| *s != u64::MAX && s + len > now)
-            .fold((0, 0), |(f, r), (_, bf, br)| (f + bf, r + br));
-        let bucket = &mut buckets[(now % len) as usize];
+            .filter(|(s, _, _)| *s != u64::MAX && s.saturating_add(len) > now)
+            .fold((0u32, 0u32), |(f, r), (_, bf, br)| {
+                (f.saturating_add(*bf), r.saturating_add(*br))
+            });
+        let slot = now.checked_rem(len).unwrap_or(0) as usize;
+        let bucket = buckets.get_mut(slot)?;
         if bucket.0 != now {
             *bucket = (now, 0, 0);
         }
@@ -44,7 +49,7 @@ impl RetryBudget {
 
     /// Counts a first attempt.
     pub fn deposit(&self) {
-        self.with_bucket(|b, _, _| b.1 += 1);
+        self.with_bucket(|b, _, _| b.1 = b.1.saturating_add(1));
     }
 
     /// Takes one retry from the budget; `false` when it is spent.
@@ -53,7 +58,7 @@ impl RetryBudget {
         self.with_bucket(|b, firsts, retries| {
             let allowed = floor + ratio * f64::from(firsts);
             if f64::from(retries) + 1.0 <= allowed {
-                b.2 += 1;
+                b.2 = b.2.saturating_add(1);
                 true
             } else {
                 false
@@ -64,6 +69,7 @@ impl RetryBudget {
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects)]
 mod tests {
     use super::*;
 
