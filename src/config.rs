@@ -22,6 +22,11 @@ pub const OPENAI_OFFICIAL_BASE_URL: &str = "https://api.openai.com/v1";
 /// Default of `primary.max_response_bytes` and `secondary.max_response_bytes`: 1 MiB,
 /// some fifty times the longest completion a chat model writes for one answer.
 pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 1 << 20;
+/// Default of `primary.continue_prompt` and `secondary.continue_prompt`, in the language
+/// of the default prompts: "go on from where the answer above stopped; do not repeat
+/// what is already written".
+pub const DEFAULT_CONTINUE_PROMPT: &str =
+    "请从上面回答中断的地方接着写下去,不要重复已经写过的内容。";
 
 /// Upper bounds of the configured numbers: far past any sensible setting, low enough that
 /// no sum or product of them made by the service can overflow (an instant plus a timeout,
@@ -104,6 +109,13 @@ pub struct TierConfig {
     /// Largest response body read from the tier, in bytes; a larger one is an
     /// `invalid_response` and its connection is dropped.
     pub max_response_bytes: usize,
+    /// Streams: the longest wait for the first text of an answer, in milliseconds.
+    pub first_token_timeout_ms: u64,
+    /// Streams: the longest wait between two pieces, in milliseconds.
+    pub stream_idle_timeout_ms: u64,
+    /// The user message that asks a call to go on from text already sent (which goes
+    /// before it as the assistant's message).
+    pub continue_prompt: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -216,6 +228,9 @@ impl Default for Config {
                 temperature: 0.0,
                 max_tokens: None,
                 max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+                first_token_timeout_ms: 5000,
+                stream_idle_timeout_ms: 10_000,
+                continue_prompt: DEFAULT_CONTINUE_PROMPT.into(),
             },
             secondary: TierConfig {
                 model: "gpt-3.5-turbo".into(),
@@ -228,6 +243,9 @@ impl Default for Config {
                 temperature: 0.0,
                 max_tokens: None,
                 max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+                first_token_timeout_ms: 5000,
+                stream_idle_timeout_ms: 10_000,
+                continue_prompt: DEFAULT_CONTINUE_PROMPT.into(),
             },
             cache: CacheConfig {
                 ttl_secs: 3600,

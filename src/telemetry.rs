@@ -110,6 +110,14 @@ pub struct Metrics {
     /// `qa_walk_panics_total`: walks that failed unexpectedly and went on with the tiers
     /// after the models.
     pub walk_panics: prometheus::IntCounter,
+    /// `qa_time_to_first_token_seconds{source}`: from a streamed request's arrival to its
+    /// first `delta`.
+    pub time_to_first_token: HistogramVec,
+    /// `qa_stream_interruptions_total{tier,action}`: streams broken after text was sent,
+    /// and whether the text was `continued` or `reset`.
+    pub stream_interruptions: IntCounterVec,
+    /// `qa_streams_in_flight`: streamed answers being sent now.
+    pub streams_in_flight: prometheus::IntGauge,
     /// `qa_requests_total` and `qa_request_duration_seconds` children, by `Source as
     /// usize`: resolved once, not hashed on every answer.
     pub answers: Vec<(prometheus::IntCounter, prometheus::Histogram)>,
@@ -263,9 +271,30 @@ impl Metrics {
                 registry.register(Box::new(c.clone()))?;
                 c
             },
+            time_to_first_token: histogram(
+                "qa_time_to_first_token_seconds",
+                "Time from a streamed request's arrival to its first piece of answer, by the tier that answered.",
+                &["source"],
+            )?,
+            stream_interruptions: counter(
+                "qa_stream_interruptions_total",
+                "Streams broken after text was sent, by tier and what was done (continued by the next attempt, or reset).",
+                &["tier", "action"],
+            )?,
+            streams_in_flight: {
+                let g = prometheus::IntGauge::new(
+                    "qa_streams_in_flight",
+                    "Streamed answers being sent now.",
+                )?;
+                registry.register(Box::new(g.clone()))?;
+                g
+            },
             answers: Vec::new(),
             registry,
         };
+        for s in Source::ALL {
+            m.time_to_first_token.with_label_values(&[s.as_str()]);
+        }
         m.answers = Source::ALL
             .iter()
             .map(|s| {
@@ -308,6 +337,10 @@ impl Metrics {
             for reason in FallbackReason::ALL {
                 m.fallbacks
                     .with_label_values(&[tier.as_str(), reason.as_str()]);
+            }
+            for action in ["continued", "reset"] {
+                m.stream_interruptions
+                    .with_label_values(&[tier.as_str(), action]);
             }
         }
         m.success_ratio.set(1.0);

@@ -13,6 +13,7 @@
 
 pub mod cache;
 pub mod canned;
+pub mod events;
 pub mod model;
 pub mod normalize;
 
@@ -20,7 +21,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::resilience::breaker::{Breaker, Permit};
@@ -31,6 +31,7 @@ use crate::telemetry::Metrics;
 
 use cache::{AnswerCache, CachedAnswer};
 use canned::CannedAnswers;
+use events::{Event, EventLog, Producer, Subscriber};
 use model::{ModelClient, UpstreamError};
 
 /// The reply when every other tier has nothing.
@@ -189,6 +190,24 @@ pub struct Answer {
     /// Time spent waiting on others (model calls, Redis, an identical request in
     /// flight): the request's duration minus this is the service's own overhead.
     pub external: Duration,
+    /// Written by more than one model call (a stream broken and continued).
+    pub continued: bool,
+}
+
+impl Miss {
+    /// Time the lookup spent waiting on Redis.
+    pub fn external(&self) -> Duration {
+        self.external
+    }
+}
+
+/// What every model call of one walk shares.
+struct Call<'a> {
+    request_id: &'a str,
+    question: &'a str,
+    mode: Mode,
+    progress: &'a Mutex<Progress>,
+    out: &'a Producer,
 }
 
 /// A question the fresh cache did not have, with what the rest of the walk needs.
@@ -202,8 +221,16 @@ pub struct Miss {
     external: Duration,
 }
 
-/// Identical questions in flight: the leader's answer, once it has one.
-type Flights = Mutex<HashMap<String, watch::Receiver<Option<Answer>>>>;
+/// Identical questions in flight: the event log of the walk answering them.
+type Flights = Mutex<HashMap<String, Arc<EventLog>>>;
+
+/// How the model tiers are called for a walk: the whole answer at once (JSON `/ask`), or
+/// streamed piece by piece, each piece an event as it comes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Whole,
+    Stream,
+}
 
 pub struct Pipeline {
     pub cache: Arc<AnswerCache>,
@@ -216,7 +243,7 @@ pub struct Pipeline {
 }
 
 /// Removes a leader's flight when it ends, however it ends (answer, panic, cancellation),
-/// so that no follower waits on a flight that will never land.
+/// so that no later request joins a walk that will never finish.
 struct FlightGuard<'a> {
     flights: &'a Flights,
     key: &'a str,
@@ -230,9 +257,17 @@ impl Drop for FlightGuard<'_> {
     }
 }
 
-enum Role {
-    Leader(watch::Sender<Option<Answer>>),
-    Follower(watch::Receiver<Option<Answer>>),
+/// What a streamed walk has sent so far, across its attempts and tiers.
+#[derive(Default)]
+struct Progress {
+    /// The text sent to the clients since the walk began.
+    sent: String,
+    pieces: u32,
+    /// Calls that wrote some of `sent`.
+    writers: u32,
+    /// The tier whose stream broke after text was sent, until the next attempt continues
+    /// it (or the walk gives up and resets).
+    interrupted: Option<Tier>,
 }
 
 impl Pipeline {
@@ -257,10 +292,21 @@ impl Pipeline {
 
     /// Walks the tiers for `question` (already trimmed and checked) and returns the first
     /// answer. Never fails.
-    pub async fn answer(&self, question: &str, request_id: &Arc<str>) -> Answer {
-        match self.lookup(question, Instant::now(), request_id).await {
+    pub async fn answer(self: &Arc<Self>, question: &str, request_id: &Arc<str>) -> Answer {
+        let started = Instant::now();
+        match self.lookup(question, started, request_id).await {
             Ok(hit) => hit,
-            Err(miss) => self.resolve(miss).await,
+            Err(miss) => {
+                let normalized = miss.normalized.clone();
+                let external = miss.external;
+                match self.start(miss, Mode::Whole).answer().await {
+                    Some(answer) => Answer {
+                        external: external + started.elapsed(),
+                        ..answer
+                    },
+                    None => self.last_resort(&normalized, None, started.elapsed()),
+                }
+            }
         }
     }
 
@@ -287,6 +333,7 @@ impl Pipeline {
                 source: Source::Cache,
                 model: Some(hit.model),
                 external,
+                continued: false,
             }),
             None => Err(Miss {
                 request_id: request_id.clone(),
@@ -300,8 +347,48 @@ impl Pipeline {
         }
     }
 
-    /// The tiers after the fresh cache, for a question the cache did not have.
-    pub async fn resolve(&self, miss: Miss) -> Answer {
+    /// The tiers after the fresh cache, for a question the cache did not have: joins the
+    /// walk already answering the same question, or starts one in a task of its own (so
+    /// that a client that leaves never stops it, and its answer is still cached). Read
+    /// the walk through the returned subscriber, from its first event on.
+    pub fn start(self: &Arc<Self>, miss: Miss, mode: Mode) -> Subscriber {
+        let producer = match self.flights.lock() {
+            Ok(mut flights) => match flights.get(&miss.key) {
+                Some(log) => {
+                    self.metrics.coalesced.inc();
+                    return log.subscribe();
+                }
+                None => {
+                    let (producer, log) = EventLog::channel();
+                    flights.insert(miss.key.clone(), log);
+                    producer
+                }
+            },
+            // A poisoned map: walk alone, uncoalesced.
+            Err(_) => EventLog::channel().0,
+        };
+        let subscriber = producer.log().subscribe();
+        let pipeline = self.clone();
+        // Every log line of the walk (each model call above all) carries the id.
+        let span = tracing::info_span!("pipeline", request_id = %miss.request_id);
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                let key = miss.key.clone();
+                let _flight = FlightGuard {
+                    flights: &pipeline.flights,
+                    key: &key,
+                };
+                let answer = pipeline.walk(miss, mode, &producer).await;
+                producer.push(Event::Done(answer));
+            },
+            span,
+        ));
+        subscriber
+    }
+
+    /// The tiers after the fresh cache. A panic in the model tiers (a bug) does not skip
+    /// the tiers after them: it is counted, logged, and the walk goes on.
+    async fn walk(&self, miss: Miss, mode: Mode, out: &Producer) -> Answer {
         let Miss {
             request_id,
             question,
@@ -311,92 +398,41 @@ impl Pipeline {
             deadline,
             mut external,
         } = miss;
-        let question = question.as_str();
-        // Identical questions in flight share one walk.
-        let role = match self.flights.lock() {
-            Ok(mut flights) => match flights.get(&key) {
-                Some(rx) => Role::Follower(rx.clone()),
-                None => {
-                    let (tx, rx) = watch::channel(None);
-                    flights.insert(key.clone(), rx);
-                    Role::Leader(tx)
-                }
-            },
-            Err(_) => Role::Leader(watch::channel(None).0),
-        };
-        let leader = match role {
-            Role::Follower(mut rx) => {
-                self.metrics.coalesced.inc();
-                let waited = Instant::now();
-                let shared: Option<Answer> =
-                    match tokio::time::timeout_at(deadline, rx.wait_for(Option::is_some)).await {
-                        Ok(Ok(answer)) => answer.clone(),
-                        _ => None,
-                    };
-                if let Some(answer) = shared {
-                    return Answer {
-                        external: external + waited.elapsed(),
-                        ..answer
-                    };
-                }
-                // The leader is gone without an answer, or too slow: walk alone.
-                external += waited.elapsed();
-                None
-            }
-            Role::Leader(tx) => Some((
-                tx,
-                FlightGuard {
-                    flights: &self.flights,
-                    key: &key,
-                },
-            )),
-        };
-        let answer = self
-            .walk(
-                &request_id,
-                question,
-                &normalized,
-                key.clone(),
-                stale,
-                deadline,
-                external,
-            )
-            .await;
-        if let Some((tx, _guard)) = leader {
-            let _ = tx.send(Some(answer.clone()));
-        }
-        answer
-    }
-
-    /// The tiers after the fresh cache. A panic in the model tiers (a bug) does not skip
-    /// the tiers after them: it is counted, logged, and the walk goes on.
-    #[allow(clippy::too_many_arguments)]
-    async fn walk(
-        &self,
-        request_id: &str,
-        question: &str,
-        normalized: &str,
-        key: String,
-        stale: Option<CachedAnswer>,
-        deadline: Instant,
-        mut external: Duration,
-    ) -> Answer {
         let started = Instant::now();
-        let models = self.walk_models(request_id, question, deadline);
+        let progress = Mutex::new(Progress::default());
+        let models = self.walk_models(&request_id, &question, deadline, mode, &progress, out);
         let answered = catch_panic(models, &self.metrics).await.flatten();
         external += started.elapsed();
         if let Some(mut answer) = answered {
-            let entry = CachedAnswer {
-                answer: answer.text.clone(),
-                model: answer.model.clone().unwrap_or_else(|| Arc::from("")),
-                written_at_ms: cache::now_ms(),
-                config: Some(self.cache.fingerprint()),
-            };
-            self.cache.store(key, entry).await;
+            if mode == Mode::Whole {
+                out.push(Event::Delta(answer.text.clone()));
+            }
+            // A stitched answer was written by several calls: served, never cached.
+            if !answer.continued {
+                let entry = CachedAnswer {
+                    answer: answer.text.clone(),
+                    model: answer.model.clone().unwrap_or_else(|| Arc::from("")),
+                    written_at_ms: cache::now_ms(),
+                    config: Some(self.cache.fingerprint()),
+                };
+                self.cache.store(key, entry).await;
+            }
             answer.external = external;
             return answer;
         }
-        self.last_resort(normalized, stale, external)
+        let sent = progress.lock().map(|p| p.pieces).unwrap_or(0);
+        if sent > 0 {
+            // Text went out that no model could finish: take it back.
+            if let Ok(mut p) = progress.lock()
+                && let Some(tier) = p.interrupted.take()
+            {
+                self.interruption(&request_id, tier, p.pieces, "reset");
+            }
+            out.push(Event::Reset("the models could not finish the answer"));
+        }
+        let answer = self.last_resort(&normalized, stale, external);
+        out.push(Event::Delta(answer.text.clone()));
+        answer
     }
 
     /// The model tiers in order: the first answer, or `None`.
@@ -405,13 +441,38 @@ impl Pipeline {
         request_id: &str,
         question: &str,
         deadline: Instant,
+        mode: Mode,
+        progress: &Mutex<Progress>,
+        out: &Producer,
     ) -> Option<Answer> {
         for slot in &self.tiers {
-            if let Some(answer) = self.try_tier(slot, request_id, question, deadline).await {
+            let call = Call {
+                request_id,
+                question,
+                mode,
+                progress,
+                out,
+            };
+            if let Some(answer) = self.try_tier(slot, &call, deadline).await {
                 return Some(answer);
             }
         }
         None
+    }
+
+    /// Counts and logs a stream that broke after text was sent, with what was done.
+    fn interruption(&self, request_id: &str, tier: Tier, pieces: u32, action: &'static str) {
+        self.metrics
+            .stream_interruptions
+            .with_label_values(&[tier.as_str(), action])
+            .inc();
+        tracing::warn!(
+            request_id,
+            tier = tier.as_str(),
+            pieces_sent = pieces,
+            action,
+            "stream interrupted after text was sent"
+        );
     }
 
     /// The tiers that cannot fail: canned answers, the stale answer, the default reply.
@@ -427,6 +488,7 @@ impl Pipeline {
                 source: Source::Canned,
                 model: None,
                 external,
+                continued: false,
             };
         }
         if let Some(stale) = stale {
@@ -435,6 +497,7 @@ impl Pipeline {
                 source: Source::Stale,
                 model: Some(stale.model),
                 external,
+                continued: false,
             };
         }
         Answer {
@@ -442,6 +505,7 @@ impl Pipeline {
             source: Source::Default,
             model: None,
             external,
+            continued: false,
         }
     }
 
@@ -450,8 +514,7 @@ impl Pipeline {
     async fn try_tier(
         &self,
         slot: &TierSlot,
-        request_id: &str,
-        question: &str,
+        call: &Call<'_>,
         deadline: Instant,
     ) -> Option<Answer> {
         let guarded = match slot {
@@ -481,18 +544,32 @@ impl Pipeline {
             &client.retry,
             deadline,
             gate,
-            |attempt, time_left, permit| {
-                self.attempt(client, request_id, question, attempt, time_left, permit)
+            |attempt, time_left, permit| async move {
+                let calling = async {
+                    match call.mode {
+                        Mode::Whole => {
+                            let timeout = client.attempt_timeout.min(time_left);
+                            client.complete(call.question, timeout).await
+                        }
+                        Mode::Stream => self.stream_call(client, call, time_left).await,
+                    }
+                };
+                self.record_attempt(client, call.request_id, attempt, permit, calling)
+                    .await
             },
         )
         .await;
         match result {
-            Ok(c) => Some(Answer {
-                text: Arc::from(c.text),
-                source: client.tier.source(),
-                model: Some(Arc::from(c.model)),
-                external: Duration::ZERO,
-            }),
+            Ok(c) => {
+                let continued = call.progress.lock().map(|p| p.writers > 1).unwrap_or(false);
+                Some(Answer {
+                    text: Arc::from(c.text),
+                    source: client.tier.source(),
+                    model: Some(Arc::from(c.model)),
+                    external: Duration::ZERO,
+                    continued,
+                })
+            }
             Err(e) => {
                 let reason = FallbackReason::from(e.give_up);
                 tracing::warn!(
@@ -508,18 +585,82 @@ impl Pipeline {
         }
     }
 
-    /// One model call, measured, counted, logged, and reported to the tier's breaker.
-    async fn attempt(
+    /// One streamed call: its pieces go out as they come. After a break with text sent,
+    /// this call is asked to go on from that text (and says so in the metrics and logs).
+    /// The completion it returns is the whole text sent by the walk.
+    async fn stream_call(
+        &self,
+        client: &ModelClient,
+        call: &Call<'_>,
+        time_left: Duration,
+    ) -> Result<model::Completion, UpstreamError> {
+        let continue_from = match call.progress.lock() {
+            Ok(mut p) if !p.sent.is_empty() => {
+                if let Some(tier) = p.interrupted.take() {
+                    self.interruption(call.request_id, tier, p.pieces, "continued");
+                }
+                Some(p.sent.clone())
+            }
+            _ => None,
+        };
+        let mut stream = client
+            .open_stream(
+                call.question,
+                continue_from.as_deref(),
+                client.first_token_timeout.min(time_left),
+                client.stream_idle_timeout,
+            )
+            .await?;
+        let mut wrote = false;
+        loop {
+            let piece = match stream.next_piece().await {
+                Ok(Some(piece)) => piece,
+                Ok(None) => break,
+                Err(e) => {
+                    if let Ok(mut p) = call.progress.lock()
+                        && !p.sent.is_empty()
+                    {
+                        p.interrupted = Some(client.tier);
+                    }
+                    return Err(e);
+                }
+            };
+            let piece: Arc<str> = Arc::from(piece);
+            if let Ok(mut p) = call.progress.lock() {
+                if !wrote {
+                    p.writers = p.writers.saturating_add(1);
+                }
+                p.sent.push_str(&piece);
+                p.pieces = p.pieces.saturating_add(1);
+            }
+            wrote = true;
+            call.out.push(Event::Delta(piece));
+        }
+        if !wrote && continue_from.is_none() {
+            return Err(UpstreamError::invalid("stream ended with no text"));
+        }
+        let text = call
+            .progress
+            .lock()
+            .map(|p| p.sent.clone())
+            .unwrap_or_default();
+        Ok(model::Completion {
+            text,
+            model: client.model.clone(),
+        })
+    }
+
+    /// One model call (`calling`), measured, counted, logged, and reported to the tier's
+    /// breaker; a call cut off by the deadline (its future dropped) is recorded too.
+    async fn record_attempt(
         &self,
         client: &ModelClient,
         request_id: &str,
-        question: &str,
         attempt: u32,
-        time_left: Duration,
         permit: Permit<'_>,
+        calling: impl std::future::Future<Output = Result<model::Completion, UpstreamError>>,
     ) -> Result<model::Completion, UpstreamError> {
         let tier = client.tier.as_str();
-        let timeout = client.attempt_timeout.min(time_left);
         let started = std::time::Instant::now();
         let mut guard = AbandonedAttempt {
             metrics: &self.metrics,
@@ -530,7 +671,7 @@ impl Pipeline {
             started,
             done: false,
         };
-        let result = client.complete(question, timeout).await;
+        let result = calling.await;
         guard.done = true;
         match &result {
             Ok(_) => permit.success(),

@@ -74,6 +74,11 @@ impl Transient for UpstreamError {
 }
 
 impl UpstreamError {
+    /// A response that is not a usable answer (`invalid_response`, transient).
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::InvalidResponse, true, message)
+    }
+
     fn new(kind: ErrorKind, transient: bool, message: impl Into<String>) -> Self {
         UpstreamError {
             kind,
@@ -207,10 +212,32 @@ pub struct Completion {
 #[derive(Serialize)]
 struct ChatRequest<'a> {
     model: &'a str,
-    messages: [ChatMessage<'a>; 1],
+    messages: Vec<ChatMessage<'a>>,
     temperature: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     max_tokens: Option<u32>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    stream: bool,
+}
+
+/// One `chat.completion.chunk` of a streamed answer (only what is read of it), or the
+/// error event some providers send inside a stream.
+#[derive(Deserialize)]
+struct ChunkEvent {
+    #[serde(default)]
+    choices: Vec<ChunkChoice>,
+    error: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct ChunkChoice {
+    delta: Option<ChunkDelta>,
+    finish_reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ChunkDelta {
+    content: Option<Content>,
 }
 
 #[derive(Serialize)]
@@ -264,6 +291,148 @@ impl Content {
     }
 }
 
+fn first_token_timeout(limit: Duration) -> UpstreamError {
+    UpstreamError::new(
+        ErrorKind::Timeout,
+        true,
+        format!("no first token within {} ms", limit.as_millis()),
+    )
+}
+
+type EventStream = std::pin::Pin<
+    Box<
+        dyn futures_util::Stream<
+                Item = Result<
+                    eventsource_stream::Event,
+                    eventsource_stream::EventStreamError<reqwest::Error>,
+                >,
+            > + Send,
+    >,
+>;
+
+/// A streamed answer being read: its text pieces, in order, each within its timeout.
+pub struct CompletionStream {
+    events: EventStream,
+    /// The first text must come before this.
+    first_deadline: tokio::time::Instant,
+    first_token: Duration,
+    /// Longest quiet between two pieces once the first has come.
+    idle: Duration,
+    started: bool,
+    /// A choice said `finish_reason`: the stream may end without `[DONE]`.
+    finished: bool,
+    bytes: usize,
+    max_bytes: usize,
+}
+
+impl CompletionStream {
+    /// The next piece of text; `Ok(None)` once the answer is complete (`[DONE]`, or the
+    /// end of the stream after a `finish_reason`).
+    ///
+    /// Errors (each a failed attempt, classified by [`ErrorKind`]): no first text within
+    /// the first-token timeout or no piece within the idle timeout (`timeout`); the
+    /// connection cut before the answer's end (`connect_error`); an error event inside
+    /// the stream (`server_error`); a chunk that is not JSON, or more than the tier's
+    /// `max_response_bytes` in all (`invalid_response`).
+    pub async fn next_piece(&mut self) -> Result<Option<String>, UpstreamError> {
+        use futures_util::StreamExt;
+        loop {
+            let next = if self.started {
+                match tokio::time::timeout(self.idle, self.events.next()).await {
+                    Ok(n) => n,
+                    Err(_) => {
+                        return Err(UpstreamError::new(
+                            ErrorKind::Timeout,
+                            true,
+                            format!("stream idle for {} ms", self.idle.as_millis()),
+                        ));
+                    }
+                }
+            } else {
+                match tokio::time::timeout_at(self.first_deadline, self.events.next()).await {
+                    Ok(n) => n,
+                    Err(_) => return Err(first_token_timeout(self.first_token)),
+                }
+            };
+            let event = match next {
+                None if self.finished => return Ok(None),
+                None => {
+                    return Err(UpstreamError::new(
+                        ErrorKind::ConnectError,
+                        true,
+                        "stream ended before the answer did",
+                    ));
+                }
+                Some(Err(eventsource_stream::EventStreamError::Transport(e))) => {
+                    if self.finished {
+                        return Ok(None);
+                    }
+                    let e = e.without_url();
+                    return Err(UpstreamError::new(
+                        ErrorKind::ConnectError,
+                        true,
+                        format!("stream broken: {}", error_chain(&e)),
+                    ));
+                }
+                Some(Err(e)) => {
+                    return Err(UpstreamError::new(
+                        ErrorKind::InvalidResponse,
+                        true,
+                        format!("not a server-sent event stream: {e}"),
+                    ));
+                }
+                Some(Ok(event)) => event,
+            };
+            self.bytes = self.bytes.saturating_add(event.data.len());
+            if self.bytes > self.max_bytes {
+                return Err(UpstreamError::new(
+                    ErrorKind::InvalidResponse,
+                    true,
+                    format!("streamed answer larger than {} bytes", self.max_bytes),
+                ));
+            }
+            let data = event.data.trim();
+            if data == "[DONE]" {
+                return Ok(None);
+            }
+            if data.is_empty() {
+                continue;
+            }
+            let chunk: ChunkEvent = serde_json::from_str(data).map_err(|e| {
+                UpstreamError::new(
+                    ErrorKind::InvalidResponse,
+                    true,
+                    format!("not a chat.completion.chunk: {e}"),
+                )
+            })?;
+            if let Some(error) = chunk.error {
+                let message = error
+                    .get("message")
+                    .and_then(|m| m.as_str())
+                    .unwrap_or("(no message)");
+                return Err(UpstreamError::new(
+                    ErrorKind::ServerError,
+                    true,
+                    format!("error event in the stream: {message}"),
+                ));
+            }
+            let mut text = String::new();
+            for choice in chunk.choices {
+                if choice.finish_reason.is_some() {
+                    self.finished = true;
+                }
+                if let Some(content) = choice.delta.and_then(|d| d.content) {
+                    text.push_str(&content.into_text());
+                }
+            }
+            if !text.is_empty() {
+                self.started = true;
+                return Ok(Some(text));
+            }
+        }
+    }
+}
+
 /// One configured model tier.
 pub struct ModelClient {
     pub tier: Tier,
@@ -275,6 +444,11 @@ pub struct ModelClient {
     max_tokens: Option<u32>,
     /// Largest response body read, in bytes; a larger one is an `invalid_response`.
     max_response_bytes: usize,
+    /// The instruction that asks a streamed call to go on from text already sent.
+    continue_prompt: String,
+    /// Streams: the longest wait for the first text, and between two pieces.
+    pub first_token_timeout: Duration,
+    pub stream_idle_timeout: Duration,
     pub attempt_timeout: Duration,
     pub retry: RetryPolicy,
     http: reqwest::Client,
@@ -300,6 +474,9 @@ impl ModelClient {
             temperature: cfg.temperature,
             max_tokens: cfg.max_tokens,
             max_response_bytes: cfg.max_response_bytes,
+            continue_prompt: cfg.continue_prompt.clone(),
+            first_token_timeout: Duration::from_millis(cfg.first_token_timeout_ms),
+            stream_idle_timeout: Duration::from_millis(cfg.stream_idle_timeout_ms),
             attempt_timeout: Duration::from_millis(cfg.attempt_timeout_ms),
             retry: RetryPolicy {
                 max_attempts: cfg.max_attempts,
@@ -321,12 +498,13 @@ impl ModelClient {
         let content = self.prompt.replace("{question}", question);
         let body = ChatRequest {
             model: &self.model,
-            messages: [ChatMessage {
+            messages: vec![ChatMessage {
                 role: "user",
                 content: &content,
             }],
             temperature: self.temperature,
             max_tokens: self.max_tokens,
+            stream: false,
         };
         let mut req = self
             .http
@@ -372,6 +550,70 @@ impl ModelClient {
             // The configured name, not the provider's dated variant, so clients and
             // metrics see one stable name per tier.
             model: self.model.clone(),
+        })
+    }
+
+    /// Opens a streamed call (`stream: true`). With `continue_from`, the call is asked to
+    /// go on from text already sent: that text as the assistant's message, then the
+    /// tier's `continue_prompt`. The response's head must come within `first_token`, as
+    /// must the first text of the answer (see [`CompletionStream::next_piece`]).
+    ///
+    /// Errors: every failure before the stream starts, classified as for
+    /// [`ModelClient::complete`].
+    pub async fn open_stream(
+        &self,
+        question: &str,
+        continue_from: Option<&str>,
+        first_token: Duration,
+        idle: Duration,
+    ) -> Result<CompletionStream, UpstreamError> {
+        let content = self.prompt.replace("{question}", question);
+        let mut messages = vec![ChatMessage {
+            role: "user",
+            content: &content,
+        }];
+        if let Some(sent) = continue_from {
+            messages.push(ChatMessage {
+                role: "assistant",
+                content: sent,
+            });
+            messages.push(ChatMessage {
+                role: "user",
+                content: &self.continue_prompt,
+            });
+        }
+        let body = ChatRequest {
+            model: &self.model,
+            messages,
+            temperature: self.temperature,
+            max_tokens: self.max_tokens,
+            stream: true,
+        };
+        let first_deadline = tokio::time::Instant::now()
+            .checked_add(first_token)
+            .unwrap_or_else(tokio::time::Instant::now);
+        let mut req = self.http.post(self.url.clone()).json(&body);
+        if let Some(key) = &self.api_key {
+            req = req.bearer_auth(key.expose_secret());
+        }
+        let resp = match tokio::time::timeout_at(first_deadline, req.send()).await {
+            Ok(r) => r.map_err(|e| UpstreamError::from_reqwest(e, first_token))?,
+            Err(_) => return Err(first_token_timeout(first_token)),
+        };
+        let status = resp.status();
+        if !status.is_success() {
+            return Err(UpstreamError::from_status(status, resp.headers()));
+        }
+        use eventsource_stream::Eventsource;
+        Ok(CompletionStream {
+            events: Box::pin(resp.bytes_stream().eventsource()),
+            first_deadline,
+            first_token,
+            idle,
+            started: false,
+            finished: false,
+            bytes: 0,
+            max_bytes: self.max_response_bytes,
         })
     }
 

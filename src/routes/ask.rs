@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 use crate::app::AppState;
 use crate::error::ApiError;
 use crate::middleware::RequestId;
-use crate::pipeline::Source;
 use crate::pipeline::normalize::normalize;
+use crate::pipeline::{Answer, Mode, Source};
 use crate::routes::body::{json_object, read_body};
 
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
@@ -26,9 +26,12 @@ const JSON: HeaderValue = HeaderValue::from_static("application/json");
 #[derive(Deserialize)]
 pub struct AskRequest {
     pub question: String,
+    /// Answer as server-sent events (as `Accept: text/event-stream` asks too).
+    #[serde(default)]
+    pub stream: bool,
 }
 
-/// The `200` answer of `POST /ask`.
+/// The `200` answer of `POST /ask`, and the data of a stream's `done` event.
 #[derive(Serialize)]
 pub struct AskResponse<'a> {
     pub answer: &'a str,
@@ -37,6 +40,23 @@ pub struct AskResponse<'a> {
     pub degraded: bool,
     pub latency_ms: f64,
     pub request_id: &'a str,
+    /// Present (and true) only for an answer written by more than one model call.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub continued: bool,
+}
+
+impl<'a> AskResponse<'a> {
+    fn new(answer: &'a Answer, request_id: &'a str, elapsed: Duration) -> Self {
+        AskResponse {
+            answer: &answer.text,
+            source: answer.source.as_str(),
+            model: answer.model.as_deref(),
+            degraded: answer.source.degraded(),
+            latency_ms: (elapsed.as_secs_f64() * 1_000_000.0).round() / 1000.0,
+            request_id,
+            continued: answer.continued,
+        }
+    }
 }
 
 pub async fn ask(
@@ -47,54 +67,76 @@ pub async fn ask(
     let started = Instant::now();
     // Taken apart rather than extracted as a HeaderMap, which would copy every header.
     let (parts, body) = req.into_parts();
-    let question = match read_question(&state, &parts.headers, body).await {
+    let ask = match read_question(&state, &parts.headers, body).await {
         Ok(q) => q,
         Err(e) => {
             state.reject(e.code);
             return e.into_response();
         }
     };
+    let streamed = ask.stream || accepts_event_stream(&parts.headers);
     // Load shedding: past the limit, 503 at once, rather than a queue without bound. A
     // slot is taken once the request is ready to walk, so clients whose bodies are still
-    // on their way (bounded by the body timeout) never hold one.
-    let Ok(_permit) = state.inflight.try_acquire() else {
+    // on their way (bounded by the body timeout) never hold one; a stream holds its slot
+    // until it ends.
+    let Ok(permit) = state.inflight.clone().try_acquire_owned() else {
         state.reject("overloaded");
         return ApiError::overloaded().into_response();
     };
-
-    let answer = match state
+    let question = ask.question;
+    let found = state
         .pipeline
         .lookup(&question, started.into(), &request_id)
-        .await
-    {
+        .await;
+    if streamed {
+        return stream::respond(state, request_id, question, started, found, permit);
+    }
+
+    let answer = match found {
         Ok(hit) => hit,
         Err(miss) => {
-            let pipeline = state.pipeline.clone();
-            // Every log line of the walk (each model call above all) carries the id.
-            let span = tracing::info_span!("pipeline", request_id = %request_id);
-            let task = tokio::spawn(async move {
-                use tracing::Instrument;
-                pipeline.resolve(miss).instrument(span).await
-            });
-            match task.await {
-                Ok(a) => a,
-                Err(e) => {
-                    // The walk guards its model tiers itself; this is a failure around
-                    // them. The tiers that cannot fail still answer.
-                    state.metrics.walk_panics.inc();
-                    tracing::error!(
-                        request_id = &*request_id,
-                        error = %e,
-                        "pipeline task failed; answering from canned answers or the default reply"
-                    );
-                    state
-                        .pipeline
-                        .last_resort(&normalize(&question), None, started.elapsed())
-                }
+            let external = miss_external(&miss);
+            let waited = Instant::now();
+            match state.pipeline.start(miss, Mode::Whole).answer().await {
+                Some(answer) => Answer {
+                    external: external + waited.elapsed(),
+                    ..answer
+                },
+                None => walk_failed(&state, &request_id, &question, started),
             }
         }
     };
+    let elapsed = finish(&state, &answer, &request_id, started);
+    drop(permit);
+    let body = AskResponse::new(&answer, &request_id, elapsed);
+    // Sized up front: axum's Json starts small and grows, copying the answer each time.
+    let mut buf = Vec::with_capacity(answer.text.len() * 2 + 160);
+    match serde_json::to_writer(&mut buf, &body) {
+        Ok(()) => ([(header::CONTENT_TYPE, JSON)], buf).into_response(),
+        Err(_) => ApiError::internal().into_response(),
+    }
+}
 
+/// Time the lookup spent waiting on Redis.
+fn miss_external(miss: &crate::pipeline::Miss) -> Duration {
+    miss.external()
+}
+
+/// The answer when the walk's task ended without one (a bug around the model tiers,
+/// which guard themselves): the tiers that cannot fail still answer.
+fn walk_failed(state: &AppState, request_id: &str, question: &str, started: Instant) -> Answer {
+    state.metrics.walk_panics.inc();
+    tracing::error!(
+        request_id,
+        "pipeline task failed; answering from canned answers or the default reply"
+    );
+    state
+        .pipeline
+        .last_resort(&normalize(question), None, started.elapsed())
+}
+
+/// Counts and logs an answer; returns the time it took.
+fn finish(state: &AppState, answer: &Answer, request_id: &str, started: Instant) -> Duration {
     let elapsed = started.elapsed();
     state.record_answer(answer.source, started, elapsed);
     state
@@ -105,33 +147,202 @@ pub async fn ask(
     // each would cost more than the answer.
     if answer.source == Source::Cache {
         tracing::debug!(
-            request_id = &*request_id,
+            request_id,
             source = "cache",
             latency_ms = elapsed.as_secs_f64() * 1000.0,
             "answered"
         );
     } else {
         tracing::info!(
-            request_id = &*request_id,
+            request_id,
             source = answer.source.as_str(),
             model = answer.model.as_deref(),
+            continued = answer.continued,
             latency_ms = elapsed.as_secs_f64() * 1000.0,
             "answered"
         );
     }
-    let body = AskResponse {
-        answer: &answer.text,
-        source: answer.source.as_str(),
-        model: answer.model.as_deref(),
-        degraded: answer.source.degraded(),
-        latency_ms: (elapsed.as_secs_f64() * 1_000_000.0).round() / 1000.0,
-        request_id: &request_id,
-    };
-    // Sized up front: axum's Json starts small and grows, copying the answer each time.
-    let mut buf = Vec::with_capacity(answer.text.len() * 2 + 160);
-    match serde_json::to_writer(&mut buf, &body) {
-        Ok(()) => ([(header::CONTENT_TYPE, JSON)], buf).into_response(),
-        Err(_) => ApiError::internal().into_response(),
+    elapsed
+}
+
+/// Whether the client asks for server-sent events.
+fn accepts_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            t.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("text/event-stream"))
+        })
+}
+
+/// `/ask` as server-sent events: `delta`, `reset`, `done`.
+mod stream {
+    use std::convert::Infallible;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+    use axum::response::{IntoResponse, Response};
+    use futures_util::StreamExt;
+    use tokio::sync::OwnedSemaphorePermit;
+
+    use super::{AskResponse, finish, walk_failed};
+    use crate::app::AppState;
+    use crate::pipeline::events::{Event, Subscriber};
+    use crate::pipeline::{Answer, Miss, Mode};
+
+    /// A comment line (`: ping`) on a stream quiet this long.
+    const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+    /// Everything one stream holds until it ends (or its client leaves): its slot, its
+    /// place in the walk, and its share of the in-flight gauge.
+    struct Streaming {
+        state: AppState,
+        request_id: Arc<str>,
+        question: String,
+        started: Instant,
+        source: Source,
+        first_delta: Option<Duration>,
+        external: Duration,
+        waited: Instant,
+        finished: bool,
+        _permit: OwnedSemaphorePermit,
+    }
+
+    enum Source {
+        Walk(Subscriber),
+        Hit(Option<Answer>),
+    }
+
+    impl Drop for Streaming {
+        fn drop(&mut self) {
+            self.state.metrics.streams_in_flight.dec();
+        }
+    }
+
+    pub(super) fn respond(
+        state: AppState,
+        request_id: Arc<str>,
+        question: String,
+        started: Instant,
+        found: Result<Answer, Miss>,
+        permit: OwnedSemaphorePermit,
+    ) -> Response {
+        state.metrics.streams_in_flight.inc();
+        let (source, external) = match found {
+            Ok(hit) => {
+                let external = hit.external;
+                (Source::Hit(Some(hit)), external)
+            }
+            Err(miss) => {
+                let external = miss.external();
+                (
+                    Source::Walk(state.pipeline.start(miss, Mode::Stream)),
+                    external,
+                )
+            }
+        };
+        let streaming = Streaming {
+            state,
+            request_id,
+            question,
+            started,
+            source,
+            first_delta: None,
+            external,
+            waited: Instant::now(),
+            finished: false,
+            _permit: permit,
+        };
+        let events = futures_util::stream::unfold(streaming, |mut s| async move {
+            let batch = s.next_batch().await?;
+            Some((batch, s))
+        })
+        .flat_map(|batch| futures_util::stream::iter(batch.into_iter().map(Ok::<_, Infallible>)));
+        Sse::new(events)
+            .keep_alive(KeepAlive::new().interval(KEEP_ALIVE).text("ping"))
+            .into_response()
+    }
+
+    impl Streaming {
+        /// The next events to send; `None` once `done` has gone out.
+        async fn next_batch(&mut self) -> Option<Vec<SseEvent>> {
+            if self.finished {
+                return None;
+            }
+            let event = match &mut self.source {
+                Source::Hit(hit) => match hit.take() {
+                    Some(answer) => {
+                        // A whole answer at once: one piece, then done.
+                        let mut out = vec![self.delta(&answer.text)];
+                        out.push(self.done(answer));
+                        return Some(out);
+                    }
+                    None => return None,
+                },
+                Source::Walk(sub) => sub.next().await,
+            };
+            Some(match event {
+                Some(Event::Delta(text)) => vec![self.delta(&text)],
+                Some(Event::Reset(reason)) => vec![
+                    SseEvent::default()
+                        .event("reset")
+                        .data(serde_json::json!({ "reason": reason }).to_string()),
+                ],
+                Some(Event::Done(answer)) => {
+                    let answer = Answer {
+                        external: self.external + self.waited.elapsed(),
+                        ..answer
+                    };
+                    vec![self.done(answer)]
+                }
+                None => {
+                    // The walk ended without an answer (a bug): answer by ourselves, after
+                    // taking back whatever was sent.
+                    let answer =
+                        walk_failed(&self.state, &self.request_id, &self.question, self.started);
+                    let mut out = Vec::new();
+                    if self.first_delta.is_some() {
+                        out.push(
+                            SseEvent::default()
+                                .event("reset")
+                                .data(r#"{"reason":"the answer broke off"}"#),
+                        );
+                    }
+                    out.push(self.delta(&answer.text));
+                    out.push(self.done(answer));
+                    out
+                }
+            })
+        }
+
+        fn delta(&mut self, text: &str) -> SseEvent {
+            if self.first_delta.is_none() {
+                self.first_delta = Some(self.started.elapsed());
+            }
+            SseEvent::default()
+                .event("delta")
+                .data(serde_json::json!({ "text": text }).to_string())
+        }
+
+        fn done(&mut self, answer: Answer) -> SseEvent {
+            self.finished = true;
+            let elapsed = finish(&self.state, &answer, &self.request_id, self.started);
+            if let Some(ttft) = self.first_delta {
+                self.state
+                    .metrics
+                    .time_to_first_token
+                    .with_label_values(&[answer.source.as_str()])
+                    .observe(ttft.as_secs_f64());
+            }
+            let body = AskResponse::new(&answer, &self.request_id, elapsed);
+            let data = serde_json::to_string(&body).unwrap_or_default();
+            SseEvent::default().event("done").data(data)
+        }
     }
 }
 
@@ -139,7 +350,7 @@ async fn read_question(
     state: &AppState,
     headers: &HeaderMap,
     body: Body,
-) -> Result<String, ApiError> {
+) -> Result<AskRequest, ApiError> {
     let limits = &state.config.limits;
     let body_timeout = Duration::from_millis(state.config.server.body_read_timeout_ms);
     let bytes = read_body(headers, body, limits.max_body_bytes, body_timeout).await?;
@@ -158,7 +369,10 @@ async fn read_question(
             limits.max_question_chars
         )));
     }
-    Ok(question.to_string())
+    Ok(AskRequest {
+        question: question.to_string(),
+        stream: req.stream,
+    })
 }
 
 /// `application/json`, with or without parameters, or any `+json` type.
