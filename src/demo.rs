@@ -43,22 +43,33 @@ pub enum DemoError {
 /// Starts the simulator on `127.0.0.1:sim_port` (0: any free port), points both
 /// tiers at it and moves the cache to [`KEY_PREFIX`].
 pub async fn start(config: &mut Config, sim_port: u16) -> Result<SimServer, DemoError> {
+    // Streamed answers arrive a few characters at a time at about a person's
+    // reading pace, so the chat page shows text arriving; a few streams break
+    // off half-way (`cut`, `stream_error`) so continuation shows too. Outside a
+    // stream those two are a reset and a 500.
     let primary = Behavior {
         latency_ms: 300,
         jitter_ms: 400,
         mix: BTreeMap::from([
-            (Outcome::Status(503), 0.15),
+            (Outcome::Status(503), 0.12),
             (Outcome::Status(429), 0.05),
             (Outcome::Malformed, 0.03),
             (Outcome::Hang, 0.02),
+            (Outcome::Cut, 0.03),
+            (Outcome::StreamError, 0.02),
         ]),
         retry_after_secs: Some(1),
+        stream_piece_chars: Some(3),
+        stream_interval_ms: Some(50),
+        stream_cut_after: Some(6),
         ..Behavior::default()
     };
     let secondary = Behavior {
         latency_ms: 150,
         jitter_ms: 150,
         mix: BTreeMap::from([(Outcome::Status(500), 0.1)]),
+        stream_piece_chars: Some(4),
+        stream_interval_ms: Some(40),
         ..Behavior::default()
     };
     let sim_config = SimConfig {

@@ -16,3 +16,4 @@ pub mod shutdown;
 pub mod sim;
 pub mod stats;
 pub mod telemetry;
+pub mod wire;

@@ -1114,3 +1114,573 @@ fn new_behavior_fields_parse_from_toml_and_cli() {
     let err = parse_args(["--retry-after-ms".to_owned(), "soon".to_owned()], None).unwrap_err();
     assert!(err.contains("--retry-after-ms"), "{err}");
 }
+
+// ---- Streaming (`"stream": true`) ----
+
+async fn chat_stream(
+    client: &reqwest::Client,
+    sim: &SimServer,
+    model: &str,
+    question: &str,
+    include_usage: bool,
+) -> reqwest::Result<reqwest::Response> {
+    let mut body = json!({
+        "model": model,
+        "messages": [
+            {"role": "system", "content": "You are helpful."},
+            {"role": "user", "content": question},
+        ],
+        "stream": true,
+    });
+    if include_usage {
+        body["stream_options"] = json!({"include_usage": true});
+    }
+    client
+        .post(format!("{}/chat/completions", sim.base_url()))
+        .bearer_auth("sk-test")
+        .json(&body)
+        .send()
+        .await
+}
+
+/// How reading a stream ended.
+#[derive(Debug)]
+enum StreamEnd {
+    /// The body ended normally.
+    Finished,
+    /// The body broke off (connection closed or reset mid-body).
+    Failed(reqwest::Error),
+    /// Nothing arrived for the quiet period; the connection was still open.
+    Quiet,
+}
+
+/// Reads server-sent events until the body ends, fails, or `quiet` passes
+/// without a byte; returns the `data` of each complete event.
+async fn read_events(mut response: reqwest::Response, quiet: Duration) -> (Vec<String>, StreamEnd) {
+    let mut buffer = String::new();
+    let end = loop {
+        match tokio::time::timeout(quiet, response.chunk()).await {
+            Err(_) => break StreamEnd::Quiet,
+            Ok(Err(e)) => break StreamEnd::Failed(e),
+            Ok(Ok(None)) => break StreamEnd::Finished,
+            Ok(Ok(Some(bytes))) => buffer.push_str(std::str::from_utf8(&bytes).unwrap()),
+        }
+    };
+    let mut events = Vec::new();
+    while let Some(at) = buffer.find("\n\n") {
+        let event: String = buffer.drain(..at + 2).collect();
+        let data = event
+            .trim_end_matches('\n')
+            .strip_prefix("data: ")
+            .unwrap_or_else(|| panic!("not a data event: {event:?}"));
+        events.push(data.to_owned());
+    }
+    assert!(buffer.is_empty(), "unterminated event: {buffer:?}");
+    (events, end)
+}
+
+fn json_events(events: &[String]) -> Vec<Value> {
+    events
+        .iter()
+        .filter(|e| *e != "[DONE]")
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect()
+}
+
+/// The `delta.content` pieces of the chunks after the first, in order.
+fn pieces(events: &[String]) -> Vec<String> {
+    json_events(events)
+        .iter()
+        .skip(1)
+        .filter_map(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
+fn streaming(cut_after: usize) -> Behavior {
+    Behavior {
+        stream_piece_chars: Some(4),
+        stream_interval_ms: Some(5),
+        stream_cut_after: Some(cut_after),
+        ..Behavior::default()
+    }
+}
+
+#[tokio::test]
+async fn stream_is_event_stream_of_role_chunk_pieces_stop_chunk_then_done() {
+    let sim = start(SimConfig::default()).await;
+    let response = chat_stream(&client(), &sim, "gpt-4o", "where is my order?", false)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let (events, end) = read_events(response, Duration::from_secs(2)).await;
+    assert!(matches!(end, StreamEnd::Finished), "{end:?}");
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let chunks = json_events(&events);
+    assert_eq!(chunks.len(), events.len() - 1, "one [DONE], at the end");
+    let id = chunks[0]["id"].as_str().unwrap();
+    assert!(id.starts_with("chatcmpl-sim-"), "{id}");
+    for chunk in &chunks {
+        assert_eq!(chunk["id"], id);
+        assert_eq!(chunk["object"], "chat.completion.chunk");
+        assert_eq!(chunk["model"], "gpt-4o");
+        assert!(chunk["created"].as_u64().unwrap() > 0);
+        assert!(
+            chunk.get("usage").is_none(),
+            "no usage unless asked: {chunk}"
+        );
+    }
+    assert_eq!(
+        chunks[0]["choices"],
+        json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}])
+    );
+    let last = chunks.last().unwrap();
+    assert_eq!(
+        last["choices"],
+        json!([{"index": 0, "delta": {}, "finish_reason": "stop"}])
+    );
+    for chunk in &chunks[1..chunks.len() - 1] {
+        assert!(chunk["choices"][0]["finish_reason"].is_null());
+        assert!(chunk["choices"][0]["delta"].get("role").is_none());
+    }
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn streamed_pieces_have_the_configured_characters_and_join_to_the_one_shot_answer() {
+    let behavior = Behavior {
+        stream_piece_chars: Some(3),
+        stream_interval_ms: Some(1),
+        ..Behavior::default()
+    };
+    let sim = start(with_model("gpt-4o", behavior)).await;
+    let client = client();
+    let question = "我的订单在哪里?";
+    let one_shot = content_of(chat(&client, &sim, "gpt-4o", question).await.unwrap()).await;
+    let response = chat_stream(&client, &sim, "gpt-4o", question, false)
+        .await
+        .unwrap();
+    let (events, _) = read_events(response, Duration::from_secs(2)).await;
+    let pieces = pieces(&events);
+    let (last, full) = pieces.split_last().unwrap();
+    assert!(full.iter().all(|p| p.chars().count() == 3), "{pieces:?}");
+    assert!((1..=3).contains(&last.chars().count()), "{pieces:?}");
+    assert_eq!(pieces.concat(), one_shot.as_str().unwrap());
+    assert_eq!(
+        pieces.concat(),
+        format!("[gpt-4o] simulated answer to: {question}")
+    );
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn include_usage_adds_a_usage_chunk_without_choices_just_before_done() {
+    let sim = start(SimConfig::default()).await;
+    let response = chat_stream(&client(), &sim, "gpt-4o", "hi", true)
+        .await
+        .unwrap();
+    let (events, end) = read_events(response, Duration::from_secs(2)).await;
+    assert!(matches!(end, StreamEnd::Finished), "{end:?}");
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let chunks = json_events(&events);
+    let (usage_chunk, rest) = chunks.split_last().unwrap();
+    assert_eq!(usage_chunk["choices"], json!([]));
+    assert_eq!(rest.last().unwrap()["choices"][0]["finish_reason"], "stop");
+    // "You are helpful." is 16 characters, "hi" 2: 4 + 1 tokens; the answer
+    // "[gpt-4o] simulated answer to: hi" is 32: 8 tokens.
+    assert_eq!(
+        usage_chunk["usage"],
+        json!({"prompt_tokens": 5, "completion_tokens": 8, "total_tokens": 13})
+    );
+    assert!(rest.iter().all(|c| c.get("usage").is_none()));
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn one_shot_usage_counts_characters_over_four_rounded_up() {
+    let sim = start(SimConfig::default()).await;
+    let response = chat(&client(), &sim, "gpt-4o", "您好").await.unwrap();
+    let body: Value = response.json().await.unwrap();
+    // "You are helpful." 16 characters -> 4, "您好" 2 -> 1; the answer
+    // "[gpt-4o] simulated answer to: 您好" is 32 characters -> 8.
+    assert_eq!(
+        body["usage"],
+        json!({"prompt_tokens": 5, "completion_tokens": 8, "total_tokens": 13})
+    );
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn stream_interval_spaces_the_pieces_and_latency_delays_the_headers() {
+    let behavior = Behavior {
+        latency_ms: 150,
+        stream_piece_chars: Some(8),
+        stream_interval_ms: Some(60),
+        ..Behavior::default()
+    };
+    let sim = start(with_model("gpt-4o", behavior)).await;
+    let started = Instant::now();
+    let mut response = chat_stream(&client(), &sim, "gpt-4o", "0123456789", false)
+        .await
+        .unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(150));
+    // "[gpt-4o] simulated answer to: 0123456789" is 40 characters: 5 pieces,
+    // 4 intervals between them.
+    let mut arrivals = Vec::new();
+    let mut text = String::new();
+    while let Some(bytes) = response.chunk().await.unwrap() {
+        let bytes = std::str::from_utf8(&bytes).unwrap();
+        for _ in bytes.matches(r#""delta":{"content""#) {
+            arrivals.push(Instant::now());
+        }
+        text.push_str(bytes);
+    }
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    assert_eq!(arrivals.len(), 5, "{text}");
+    let spread = *arrivals.last().unwrap() - arrivals[0];
+    assert!(spread >= Duration::from_millis(4 * 60 - 20), "{spread:?}");
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn cut_closes_the_connection_after_n_pieces_without_final_chunk_or_done() {
+    let behavior = Behavior {
+        script: vec![Outcome::Cut],
+        ..streaming(3)
+    };
+    let sim = start(with_model("gpt-4o", behavior)).await;
+    let response = chat_stream(&client(), &sim, "gpt-4o", "where is my order?", true)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let (events, end) = read_events(response, Duration::from_secs(2)).await;
+    let StreamEnd::Failed(error) = end else {
+        panic!("expected the body to break off, got {end:?}");
+    };
+    assert!(!error.is_timeout(), "{error:?}");
+    assert!(!events.contains(&"[DONE]".to_owned()), "{events:?}");
+    assert_eq!(pieces(&events), ["[gpt", "-4o]", " sim"]);
+    assert!(
+        json_events(&events)
+            .iter()
+            .all(|c| c["choices"][0]["finish_reason"].is_null() && c.get("usage").is_none())
+    );
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn stall_first_sends_event_stream_headers_and_then_nothing() {
+    let sim = start(with_model("gpt-4o", Behavior::always(Outcome::StallFirst))).await;
+    let response = chat_stream(&client(), &sim, "gpt-4o", "hi", false)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let (events, end) = read_events(response, Duration::from_millis(300)).await;
+    assert!(matches!(end, StreamEnd::Quiet), "{end:?}");
+    assert!(events.is_empty(), "{events:?}");
+    // Shutdown does not wait for the stalled stream.
+    let started = Instant::now();
+    sim.shutdown().await;
+    assert!(started.elapsed() < Duration::from_secs(1));
+}
+
+#[tokio::test]
+async fn stall_sends_n_pieces_then_nothing_with_the_connection_open() {
+    let behavior = Behavior {
+        script: vec![Outcome::Stall],
+        ..streaming(2)
+    };
+    let sim = start(with_model("gpt-4o", behavior)).await;
+    let response = chat_stream(&client(), &sim, "gpt-4o", "hi", false)
+        .await
+        .unwrap();
+    let (events, end) = read_events(response, Duration::from_millis(300)).await;
+    assert!(matches!(end, StreamEnd::Quiet), "{end:?}");
+    assert_eq!(pieces(&events), ["[gpt", "-4o]"]);
+    assert_eq!(events.len(), 3, "role chunk and two pieces: {events:?}");
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn stream_error_sends_an_openai_error_event_after_n_pieces_and_no_done() {
+    let behavior = Behavior {
+        script: vec![Outcome::StreamError],
+        ..streaming(1)
+    };
+    let sim = start(with_model("gpt-4o", behavior)).await;
+    let response = chat_stream(&client(), &sim, "gpt-4o", "hi", true)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let (events, end) = read_events(response, Duration::from_secs(2)).await;
+    assert!(matches!(end, StreamEnd::Finished), "{end:?}");
+    assert_eq!(
+        events.len(),
+        3,
+        "role chunk, one piece, the error: {events:?}"
+    );
+    assert_eq!(pieces(&events[..2]), ["[gpt"]);
+    let error: Value = serde_json::from_str(&events[2]).unwrap();
+    assert_eq!(
+        error,
+        json!({"error": {
+            "message": "simulated error in the middle of the stream",
+            "type": "server_error",
+            "code": null,
+        }})
+    );
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn failures_before_the_answer_look_the_same_to_a_stream() {
+    let behavior = Behavior {
+        retry_after_secs: Some(2),
+        script: vec![Outcome::Status(503), Outcome::Reset, Outcome::Hang],
+        ..Behavior::default()
+    };
+    let sim = start(with_model("gpt-4o", behavior)).await;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let unavailable = chat_stream(&client, &sim, "gpt-4o", "hi", false)
+        .await
+        .unwrap();
+    assert_eq!(unavailable.status(), 503);
+    assert_eq!(unavailable.headers()["content-type"], "application/json");
+    assert_eq!(unavailable.headers()["retry-after"], "2");
+    let body: Value = unavailable.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "server_error");
+    let reset = chat_stream(&client, &sim, "gpt-4o", "hi", false)
+        .await
+        .unwrap_err();
+    assert!(!reset.is_timeout() && reset.status().is_none(), "{reset:?}");
+    let hang = chat_stream(&client, &sim, "gpt-4o", "hi", false)
+        .await
+        .unwrap_err();
+    assert!(hang.is_timeout(), "{hang:?}");
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn malformed_stream_has_a_data_line_that_is_not_json() {
+    let sim = start(with_model("gpt-4o", Behavior::always(Outcome::Malformed))).await;
+    let response = chat_stream(&client(), &sim, "gpt-4o", "hi", false)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let (events, _) = read_events(response, Duration::from_secs(2)).await;
+    let broken: Vec<_> = events
+        .iter()
+        .filter(|e| *e != "[DONE]" && serde_json::from_str::<Value>(e).is_err())
+        .collect();
+    assert_eq!(broken.len(), 1, "{events:?}");
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn empty_null_content_and_no_choices_streams_carry_no_text_and_end_with_done() {
+    let script = vec![Outcome::Empty, Outcome::NullContent, Outcome::NoChoices];
+    let sim = start(with_model("gpt-4o", Behavior::scripted(script))).await;
+    let client = client();
+    let mut streams = Vec::new();
+    for _ in 0..3 {
+        let response = chat_stream(&client, &sim, "gpt-4o", "hi", false)
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let (events, end) = read_events(response, Duration::from_secs(2)).await;
+        assert!(matches!(end, StreamEnd::Finished), "{end:?}");
+        assert_eq!(events.last().unwrap(), "[DONE]");
+        streams.push(json_events(&events));
+    }
+    let text = |chunks: &[Value]| -> String {
+        chunks
+            .iter()
+            .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+            .collect()
+    };
+    let [empty, null, none] = &streams[..] else {
+        unreachable!()
+    };
+    assert_eq!(text(empty), "");
+    assert_eq!(empty.last().unwrap()["choices"][0]["finish_reason"], "stop");
+    assert!(
+        null.iter()
+            .all(|c| c["choices"][0]["delta"].get("content").is_none())
+    );
+    assert_eq!(null.last().unwrap()["choices"][0]["finish_reason"], "stop");
+    assert!(none.iter().all(|c| c["choices"] == json!([])), "{none:?}");
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn stream_faults_outside_a_stream_are_a_reset_a_500_and_hangs() {
+    let script = vec![
+        Outcome::Cut,
+        Outcome::StreamError,
+        Outcome::StallFirst,
+        Outcome::Stall,
+    ];
+    let sim = start(with_model("gpt-4o", Behavior::scripted(script))).await;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let cut = chat(&client, &sim, "gpt-4o", "hi").await.unwrap_err();
+    assert!(!cut.is_timeout() && cut.status().is_none(), "{cut:?}");
+    let error = chat(&client, &sim, "gpt-4o", "hi").await.unwrap();
+    assert_eq!(error.status(), 500);
+    let body: Value = error.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "server_error");
+    for _ in 0..2 {
+        let stalled = chat(&client, &sim, "gpt-4o", "hi").await.unwrap_err();
+        assert!(stalled.is_timeout(), "{stalled:?}");
+    }
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn stream_faults_in_a_mix_replay_from_the_seed() {
+    let config = |seed| SimConfig {
+        seed,
+        ..with_model(
+            "gpt-4o",
+            Behavior {
+                mix: parse_mix("cut=0.3,stream_error=0.3").unwrap(),
+                ..streaming(1)
+            },
+        )
+    };
+    let mut runs = Vec::new();
+    for sim in [start(config(9)).await, start(config(9)).await] {
+        let client = client();
+        let mut kinds = Vec::new();
+        for _ in 0..20 {
+            let response = chat_stream(&client, &sim, "gpt-4o", "hi", false)
+                .await
+                .unwrap();
+            let (events, end) = read_events(response, Duration::from_secs(2)).await;
+            kinds.push(match end {
+                StreamEnd::Failed(_) => "cut",
+                _ if events.last().is_some_and(|e| e.contains("\"error\"")) => "stream_error",
+                _ => "ok",
+            });
+        }
+        let snapshot = sim.snapshot();
+        let outcomes = &snapshot.models["gpt-4o"].outcomes;
+        for (outcome, name) in [
+            (Outcome::Cut, "cut"),
+            (Outcome::StreamError, "stream_error"),
+        ] {
+            let seen = kinds.iter().filter(|k| **k == name).count() as u64;
+            assert_eq!(outcomes.get(&outcome).copied().unwrap_or(0), seen);
+        }
+        runs.push(kinds);
+        sim.shutdown().await;
+    }
+    assert_eq!(runs[0], runs[1], "same seed, same faults");
+    assert!(runs[0].contains(&"cut") && runs[0].contains(&"stream_error"));
+}
+
+#[tokio::test]
+async fn control_api_sets_and_reports_the_stream_fields() {
+    let sim = start(SimConfig::default()).await;
+    put_behavior(
+        &sim,
+        "gpt-4o",
+        json!({"script": ["stall"], "stream_piece_chars": 2, "stream_interval_ms": 0, "stream_cut_after": 1}),
+    )
+    .await;
+    let snapshot: ControlSnapshot = client()
+        .get(format!("{}/control", root(&sim)))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let behavior = &snapshot.models["gpt-4o"].behavior;
+    assert_eq!(behavior.stream_piece_chars, Some(2));
+    assert_eq!(behavior.stream_interval_ms, Some(0));
+    assert_eq!(behavior.stream_cut_after, Some(1));
+    assert_eq!(behavior.script, [Outcome::Stall]);
+    let response = chat_stream(&client(), &sim, "gpt-4o", "hi", false)
+        .await
+        .unwrap();
+    let (events, end) = read_events(response, Duration::from_millis(300)).await;
+    assert!(matches!(end, StreamEnd::Quiet), "{end:?}");
+    assert_eq!(pieces(&events), ["[g"]);
+    let refused = client()
+        .put(format!("{}/control/models/gpt-4o", root(&sim)))
+        .json(&json!({"stream_piece_chars": 0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 400);
+    let body: Value = refused.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("stream_piece_chars"),
+        "{body}"
+    );
+    sim.shutdown().await;
+}
+
+#[test]
+fn stream_outcomes_and_fields_parse_from_toml_and_cli() {
+    let config = SimConfig::from_toml_str(
+        r#"
+        [models."gpt-4o"]
+        stream_piece_chars = 6
+        stream_interval_ms = 45
+        stream_cut_after = 2
+        mix = { cut = 0.1, stream_error = 0.05 }
+        script = ["stall_first", "stall", "cut", "stream_error"]
+        "#,
+    )
+    .unwrap();
+    let gpt = &config.models["gpt-4o"];
+    assert_eq!(gpt.stream_piece_chars, Some(6));
+    assert_eq!(gpt.stream_interval_ms, Some(45));
+    assert_eq!(gpt.stream_cut_after, Some(2));
+    assert_eq!(gpt.mix[&Outcome::Cut], 0.1);
+    assert_eq!(
+        gpt.script,
+        [
+            Outcome::StallFirst,
+            Outcome::Stall,
+            Outcome::Cut,
+            Outcome::StreamError
+        ]
+    );
+    let args = [
+        "--stream-piece-chars",
+        "3",
+        "--stream-interval-ms=50",
+        "--stream-cut-after",
+        "4",
+        "--mix",
+        "cut=0.2,stall=0.1",
+    ];
+    let CliCommand::Run(options) = parse_args(args.iter().map(|s| (*s).to_owned()), None).unwrap()
+    else {
+        panic!("expected run");
+    };
+    let default = &options.config.default;
+    assert_eq!(default.stream_piece_chars, Some(3));
+    assert_eq!(default.stream_interval_ms, Some(50));
+    assert_eq!(default.stream_cut_after, Some(4));
+    assert_eq!(default.mix[&Outcome::Stall], 0.1);
+    let err = parse_args(["--stream-piece-chars".to_owned(), "0".to_owned()], None).unwrap_err();
+    assert!(err.contains("stream_piece_chars"), "{err}");
+    assert!(SimConfig::from_toml_str("[default]\nstream_piece_chars = 0").is_err());
+}

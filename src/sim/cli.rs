@@ -27,8 +27,8 @@ OPTIONS:
     --seed N               seed of the random outcome draws
     --mix SPEC             default behaviour: failure mix, e.g. 503=0.5,hang=0.1
                            (outcomes: ok hang reset malformed empty null_content
-                           no_choices huge redirect content_parts or a status
-                           400..=599; the rest is ok)
+                           no_choices huge redirect content_parts cut stall_first
+                           stall stream_error or a status 400..=599; the rest is ok)
     --retry-after-secs N   default behaviour: Retry-After: N on 429/503 responses
     --retry-after VALUE    default behaviour: Retry-After on 429/503 sent verbatim,
                            e.g. 18446744073709551615, +3 or an HTTP date (wins
@@ -40,6 +40,10 @@ OPTIONS:
                            default behaviour: Location of a `redirect` (307) answer
                            (default: this simulator's /redirected/v1/chat/completions,
                            which answers a completion from the redirect target)
+    --stream-piece-chars N default behaviour: characters per streamed piece (default 4)
+    --stream-interval-ms N default behaviour: delay between streamed pieces (default 10)
+    --stream-cut-after N   default behaviour: pieces sent before a cut, stall or
+                           stream_error (default 3)
     --script LIST          default behaviour: outcomes played first, e.g. 503,503,ok
     -h, --help             print this help
 
@@ -47,8 +51,16 @@ Command-line values override the configuration file.
 Control API: GET /control, GET /control/calls, PUT /control/models/{model},
 PUT /control/default, POST /control/reset. A behaviour is JSON with the keys
 latency_ms, jitter_ms, mix, script, retry_after_secs, retry_after,
-retry_after_ms, huge_body_bytes, redirect_location. The last request's
-Authorization is reported redacted (`Bearer ***`).
+retry_after_ms, huge_body_bytes, redirect_location, stream_piece_chars,
+stream_interval_ms, stream_cut_after. The last request's Authorization is
+reported redacted (`Bearer ***`).
+
+A request with \"stream\": true is answered with server-sent events
+(chat.completion.chunk, then data: [DONE]); cut closes the connection after
+N pieces, stall_first sends the headers and nothing else, stall stops after
+N pieces with the connection open, stream_error sends an error event after
+N pieces. Outside a stream, cut is a reset, stall_first and stall hang,
+stream_error is a 500.
 ";
 
 /// Everything the binary needs to run.
@@ -93,6 +105,9 @@ where
     let mut huge_body_bytes = None;
     let mut redirect_location = None;
     let mut script = None;
+    let mut stream_piece_chars = None;
+    let mut stream_interval_ms = None;
+    let mut stream_cut_after = None;
 
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
@@ -119,6 +134,9 @@ where
             "--huge-body-bytes",
             "--redirect-location",
             "--script",
+            "--stream-piece-chars",
+            "--stream-interval-ms",
+            "--stream-cut-after",
         ];
         if !known.contains(&flag.as_str()) {
             return Err(format!("unknown argument {arg:?} (see --help)"));
@@ -140,6 +158,9 @@ where
             "--retry-after-ms" => retry_after_ms = Some(number::<u64>(&flag, &value)?),
             "--huge-body-bytes" => huge_body_bytes = Some(number::<u64>(&flag, &value)?),
             "--redirect-location" => redirect_location = Some(value),
+            "--stream-piece-chars" => stream_piece_chars = Some(number::<usize>(&flag, &value)?),
+            "--stream-interval-ms" => stream_interval_ms = Some(number::<u64>(&flag, &value)?),
+            "--stream-cut-after" => stream_cut_after = Some(number::<usize>(&flag, &value)?),
             "--mix" => mix = Some(parse_mix(&value).map_err(|e| format!("--mix: {e}"))?),
             "--script" => {
                 let outcomes = value
@@ -201,6 +222,15 @@ where
     }
     if let Some(v) = script {
         config.default.script = v;
+    }
+    if let Some(v) = stream_piece_chars {
+        config.default.stream_piece_chars = Some(v);
+    }
+    if let Some(v) = stream_interval_ms {
+        config.default.stream_interval_ms = Some(v);
+    }
+    if let Some(v) = stream_cut_after {
+        config.default.stream_cut_after = Some(v);
     }
     config.validate()?;
     Ok(CliCommand::Run(CliOptions { listen, config }))

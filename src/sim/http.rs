@@ -13,11 +13,20 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use serde_json::{Value, json};
+use serde::Deserialize;
+use serde_json::Value;
 use tokio::sync::watch;
 
-use super::model::{Behavior, Outcome};
+use super::model::{
+    Behavior, DEFAULT_HUGE_BODY_BYTES, DEFAULT_STREAM_CUT_AFTER, DEFAULT_STREAM_INTERVAL_MS,
+    DEFAULT_STREAM_PIECE_CHARS, Outcome,
+};
 use super::state::{Decision, SimState};
+use super::stream::{self, StreamPlan};
+use crate::wire::openai::{
+    CHAT_COMPLETION_OBJECT, ChatCompletion, ChatRequest, Choice, ContentPart, ErrorResponse,
+    FINISH_STOP, MessageContent, ModelList, ModelObject, ResponseMessage, Usage,
+};
 
 /// Long enough that only the client's timeout (or shutdown) ends a hang.
 const HANG: Duration = Duration::from_secs(3600);
@@ -27,10 +36,13 @@ pub(crate) const REDIRECT_TARGET_PATH: &str = "/redirected/v1/chat/completions";
 
 /// Size of the pieces a `huge` answer is written in; the only part of it the
 /// simulator holds in memory.
-const HUGE_CHUNK_BYTES: usize = 64 * 1024;
+pub(crate) const HUGE_CHUNK_BYTES: usize = 64 * 1024;
 
 /// Text a `huge` answer's content repeats (plain ASCII, nothing to escape).
-const HUGE_FILLER: &[u8] = b"simulated huge answer. ";
+pub(crate) const HUGE_FILLER: &[u8] = b"simulated huge answer. ";
+
+/// Message of the `500` a one-shot request gets for `stream_error`.
+const ONE_SHOT_STREAM_ERROR_MESSAGE: &str = "simulated 500 (stream_error outside a stream)";
 
 /// State shared by every connection of one simulator.
 pub(crate) struct Shared {
@@ -61,8 +73,14 @@ impl Shared {
         let _ = shutdown.wait_for(|stopped| *stopped).await;
     }
 
+    /// A fresh completion id, `chatcmpl-sim-N`.
+    pub fn next_completion_id(&self) -> String {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        format!("chatcmpl-sim-{id}")
+    }
+
     /// Sleeps for `delay`; returns false if the simulator shut down first.
-    async fn sleep_unless_shutdown(&self, delay: Duration) -> bool {
+    pub async fn sleep_unless_shutdown(&self, delay: Duration) -> bool {
         if delay.is_zero() {
             return true;
         }
@@ -115,13 +133,7 @@ fn error_type(status: u16) -> &'static str {
 }
 
 fn error_response(status: StatusCode, message: impl Into<String>) -> Response {
-    let body = json!({
-        "error": {
-            "message": message.into(),
-            "type": error_type(status.as_u16()),
-            "code": null,
-        }
-    });
+    let body = ErrorResponse::new(error_type(status.as_u16()), message);
     (status, Json(body)).into_response()
 }
 
@@ -129,50 +141,35 @@ async fn not_found() -> Response {
     error_response(StatusCode::NOT_FOUND, "no such endpoint on upstream-sim")
 }
 
-/// Text of the last `user` message; multi-part content contributes its text
-/// parts.
-fn last_user_content(body: &Value) -> String {
-    let Some(messages) = body.get("messages").and_then(Value::as_array) else {
-        return String::new();
-    };
-    messages
+/// Separator of the text parts of an array `content` when the simulator
+/// reads it.
+const PART_SEPARATOR: &str = " ";
+
+/// A rough token estimate, characters / 4 rounded up, so `usage` looks
+/// plausible; nothing should depend on its exact value.
+pub(crate) fn estimate_tokens(text: &str) -> u64 {
+    u64::try_from(text.chars().count().div_ceil(4)).unwrap_or(u64::MAX)
+}
+
+/// Estimated tokens of every message's text.
+fn prompt_tokens(request: &ChatRequest) -> u64 {
+    request
+        .messages
         .iter()
-        .rev()
-        .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
-        .map(|m| content_text(m.get("content")))
-        .unwrap_or_default()
+        .filter_map(|m| m.content.as_ref())
+        .map(|c| estimate_tokens(&c.to_text(PART_SEPARATOR)))
+        .fold(0, u64::saturating_add)
 }
 
-fn content_text(content: Option<&Value>) -> String {
-    match content {
-        Some(Value::String(text)) => text.clone(),
-        Some(Value::Array(parts)) => parts
-            .iter()
-            .filter_map(|p| p.get("text").and_then(Value::as_str))
-            .collect::<Vec<_>>()
-            .join(" "),
-        _ => String::new(),
-    }
+/// The text of the `ok` answer to `request` from `model`.
+fn ok_answer(model: &str, request: &ChatRequest) -> String {
+    format!(
+        "[{model}] simulated answer to: {}",
+        request.last_user_text(PART_SEPARATOR)
+    )
 }
 
-/// A rough token estimate (about four characters per token) so `usage`
-/// looks plausible; nothing should depend on its exact value.
-fn estimate_tokens(text_len: usize) -> u64 {
-    u64::try_from(text_len.div_ceil(4)).unwrap_or(u64::MAX)
-}
-
-fn prompt_len(body: &Value) -> usize {
-    body.get("messages")
-        .and_then(Value::as_array)
-        .map_or(0, |messages| {
-            messages
-                .iter()
-                .map(|m| content_text(m.get("content")).len())
-                .sum()
-        })
-}
-
-fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -184,7 +181,7 @@ async fn chat_completions(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let request: Value = match serde_json::from_slice(&body) {
+    let body: Value = match serde_json::from_slice(&body) {
         Ok(value) => value,
         Err(e) => {
             return error_response(
@@ -193,51 +190,86 @@ async fn chat_completions(
             );
         }
     };
-    let Some(model) = request
-        .get("model")
-        .and_then(Value::as_str)
-        .filter(|m| !m.is_empty())
-        .map(str::to_owned)
-    else {
-        return error_response(
-            StatusCode::BAD_REQUEST,
-            "you must provide a model parameter (a non-empty string)",
-        );
+    let request = match ChatRequest::deserialize(&body) {
+        Ok(request) if !request.model.is_empty() => request,
+        Ok(_) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "you must provide a model parameter (a non-empty string)",
+            );
+        }
+        Err(e) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                format!("invalid chat completion request (model, messages): {e}"),
+            );
+        }
     };
+    let model = request.model.clone();
     let authorization = headers
         .get(AUTHORIZATION)
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-    let question = last_user_content(&request);
-    let prompt_tokens = estimate_tokens(prompt_len(&request));
+    let prompt_tokens = prompt_tokens(&request);
 
-    let decision = shared.sim.record_call(&model, request, authorization);
-    tracing::debug!(%model, outcome = %decision.outcome, delay_ms = decision.delay.as_millis(), "simulated call");
+    let decision = shared.sim.record_call(&model, body, authorization);
+    tracing::debug!(%model, outcome = %decision.outcome, stream = request.is_stream(), delay_ms = decision.delay.as_millis(), "simulated call");
 
     if !shared.sleep_unless_shutdown(decision.delay).await {
         return conn.reset();
     }
+    // Failures that happen before any response look the same to a streamed
+    // and a one-shot request.
+    match decision.outcome {
+        Outcome::Redirect => return redirect_response(&shared, &headers, &decision),
+        Outcome::Status(code) => return status_response(code, &decision),
+        Outcome::Hang => return hang(&shared, &conn).await,
+        Outcome::Reset => return conn.reset(),
+        _ => {}
+    }
+    let answer = ok_answer(&model, &request);
+    if request.is_stream() {
+        let plan = StreamPlan {
+            outcome: decision.outcome,
+            model,
+            answer,
+            prompt_tokens,
+            include_usage: request.wants_stream_usage(),
+            piece_chars: decision.stream_piece_chars,
+            interval: decision.stream_interval,
+            cut_after: decision.stream_cut_after,
+            huge_body_bytes: decision.huge_body_bytes,
+        };
+        return stream::respond(shared, plan);
+    }
     let content = match decision.outcome {
-        Outcome::Ok => Value::String(format!("[{model}] simulated answer to: {question}")),
-        Outcome::Empty => Value::String(String::new()),
-        Outcome::NullContent => Value::Null,
+        Outcome::Empty => MessageContent::Text(String::new()),
+        Outcome::NullContent => {
+            return completion(&shared, &model, prompt_tokens, one_choice(None));
+        }
         // The two parts joined are exactly the `ok` answer.
-        Outcome::ContentParts => json!([
-            {"type": "text", "text": format!("[{model}] ")},
-            {"type": "text", "text": format!("simulated answer to: {question}")},
+        Outcome::ContentParts => MessageContent::Parts(vec![
+            ContentPart::text(format!("[{model}] ")),
+            ContentPart::text(format!(
+                "simulated answer to: {}",
+                request.last_user_text(PART_SEPARATOR)
+            )),
         ]),
         Outcome::NoChoices => {
-            return completion(&shared, &model, prompt_tokens, None);
+            return completion(&shared, &model, prompt_tokens, Vec::new());
         }
         Outcome::Huge => {
             return huge_completion(&shared, &model, prompt_tokens, decision.huge_body_bytes);
         }
-        Outcome::Redirect => return redirect_response(&shared, &headers, &decision),
-        Outcome::Status(code) => return status_response(code, &decision),
-        Outcome::Hang => {
-            shared.sleep_unless_shutdown(HANG).await;
-            return conn.reset();
+        // Stream faults outside a stream: a cut connection is a reset, a
+        // stalled one a hang, an error event a 500.
+        Outcome::Cut => return conn.reset(),
+        Outcome::StallFirst | Outcome::Stall => return hang(&shared, &conn).await,
+        Outcome::StreamError => {
+            return error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ONE_SHOT_STREAM_ERROR_MESSAGE,
+            );
         }
-        Outcome::Reset => return conn.reset(),
         Outcome::Malformed => {
             return (
                 StatusCode::OK,
@@ -246,40 +278,47 @@ async fn chat_completions(
             )
                 .into_response();
         }
+        Outcome::Ok | Outcome::Redirect | Outcome::Status(_) | Outcome::Hang | Outcome::Reset => {
+            MessageContent::Text(answer)
+        }
     };
-    completion(&shared, &model, prompt_tokens, Some(content))
+    completion(&shared, &model, prompt_tokens, one_choice(Some(content)))
 }
 
-/// A chat completion whose one choice has `content` (any JSON: a string,
-/// `null`, an array of parts), or with no choice at all for `None`.
-fn completion(
-    shared: &Shared,
-    model: &str,
-    prompt_tokens: u64,
-    content: Option<Value>,
-) -> Response {
-    let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-    let completion_tokens = estimate_tokens(content_text(content.as_ref()).len());
-    let choices = match content {
-        Some(content) => json!([{
-            "index": 0,
-            "message": { "role": "assistant", "content": content },
-            "finish_reason": "stop",
-        }]),
-        None => json!([]),
-    };
-    let body = json!({
-        "id": format!("chatcmpl-sim-{id}"),
-        "object": "chat.completion",
-        "created": unix_now(),
-        "model": model,
-        "choices": choices,
-        "usage": {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
+/// Answers nothing until shutdown, then resets the connection.
+async fn hang(shared: &Shared, conn: &ConnReset) -> Response {
+    shared.sleep_unless_shutdown(HANG).await;
+    conn.reset()
+}
+
+/// The one choice of a completion, its content any [`MessageContent`] or
+/// `null` for `None`.
+fn one_choice(content: Option<MessageContent>) -> Vec<Choice> {
+    vec![Choice {
+        index: 0,
+        message: ResponseMessage {
+            role: "assistant".to_owned(),
+            content,
         },
-    });
+        finish_reason: Some(FINISH_STOP.to_owned()),
+    }]
+}
+
+/// A chat completion with `choices`, its `usage` estimated from their text.
+fn completion(shared: &Shared, model: &str, prompt_tokens: u64, choices: Vec<Choice>) -> Response {
+    let completion_tokens = choices
+        .iter()
+        .filter_map(|c| c.message.content.as_ref())
+        .map(|c| estimate_tokens(&c.to_text("")))
+        .fold(0, u64::saturating_add);
+    let body = ChatCompletion {
+        id: shared.next_completion_id(),
+        object: CHAT_COMPLETION_OBJECT.to_owned(),
+        created: unix_now(),
+        model: model.to_owned(),
+        choices,
+        usage: Some(Usage::new(prompt_tokens, completion_tokens)),
+    };
     Json(body).into_response()
 }
 
@@ -293,10 +332,10 @@ fn huge_completion(
     prompt_tokens: u64,
     content_bytes: u64,
 ) -> Response {
-    let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+    let id = shared.next_completion_id();
     let completion_tokens = content_bytes.div_ceil(4);
     let head = format!(
-        r#"{{"id":"chatcmpl-sim-{id}","object":"chat.completion","created":{created},"model":{model},"choices":[{{"index":0,"message":{{"role":"assistant","content":""#,
+        r#"{{"id":"{id}","object":"chat.completion","created":{created},"model":{model},"choices":[{{"index":0,"message":{{"role":"assistant","content":""#,
         created = unix_now(),
         model = Value::String(model.to_owned()),
     );
@@ -362,17 +401,34 @@ fn redirect_response(shared: &Shared, headers: &HeaderMap, decision: &Decision) 
 /// it came from, counted apart from the models' calls.
 async fn redirect_target(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
     shared.sim.record_redirected_call();
-    let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let model = request
-        .get("model")
-        .and_then(Value::as_str)
-        .unwrap_or("unknown-model")
-        .to_owned();
-    let question = last_user_content(&request);
-    let prompt_tokens = estimate_tokens(prompt_len(&request));
+    let request: ChatRequest = serde_json::from_slice(&body).unwrap_or_default();
+    let model = if request.model.is_empty() {
+        "unknown-model".to_owned()
+    } else {
+        request.model.clone()
+    };
+    let prompt_tokens = prompt_tokens(&request);
     tracing::debug!(%model, "call to the redirect target");
-    let content = format!("[{model}] simulated answer from the redirect target to: {question}");
-    completion(&shared, &model, prompt_tokens, Some(Value::String(content)))
+    let answer = format!(
+        "[{model}] simulated answer from the redirect target to: {}",
+        request.last_user_text(PART_SEPARATOR)
+    );
+    if request.is_stream() {
+        let plan = StreamPlan {
+            outcome: Outcome::Ok,
+            model,
+            answer,
+            prompt_tokens,
+            include_usage: request.wants_stream_usage(),
+            piece_chars: DEFAULT_STREAM_PIECE_CHARS,
+            interval: Duration::from_millis(DEFAULT_STREAM_INTERVAL_MS),
+            cut_after: DEFAULT_STREAM_CUT_AFTER,
+            huge_body_bytes: DEFAULT_HUGE_BODY_BYTES,
+        };
+        return stream::respond(shared, plan);
+    }
+    let content = MessageContent::Text(answer);
+    completion(&shared, &model, prompt_tokens, one_choice(Some(content)))
 }
 
 fn status_response(code: u16, decision: &Decision) -> Response {
@@ -401,13 +457,22 @@ fn status_response(code: u16, decision: &Decision) -> Response {
 }
 
 async fn list_models(State(shared): State<Arc<Shared>>) -> Response {
-    let data: Vec<Value> = shared
+    let data = shared
         .sim
         .listed_models()
         .into_iter()
-        .map(|id| json!({ "id": id, "object": "model", "owned_by": "upstream-sim" }))
+        .map(|id| ModelObject {
+            id,
+            object: "model".to_owned(),
+            created: None,
+            owned_by: "upstream-sim".to_owned(),
+        })
         .collect();
-    Json(json!({ "object": "list", "data": data })).into_response()
+    Json(ModelList {
+        object: "list".to_owned(),
+        data,
+    })
+    .into_response()
 }
 
 async fn control_snapshot(State(shared): State<Arc<Shared>>) -> Response {

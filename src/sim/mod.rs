@@ -6,7 +6,9 @@
 //! per model by a [`Behavior`] — scripted or randomly mixed outcomes such as
 //! error statuses (with any `Retry-After` or `retry-after-ms`), hangs, real
 //! TCP resets, malformed or empty completions, huge completions, redirects,
-//! content as an array of parts, with latency and jitter — reproducibly from
+//! content as an array of parts, with latency and jitter; streamed answers
+//! (`"stream": true`) as server-sent events at a set pace, and their faults:
+//! cut, stalled or ended by an error event — reproducibly from
 //! a seed; a redirect target (`/redirected/v1/chat/completions`); a JSON
 //! control API
 //! (`/control…`) to inspect call counts and last requests and to change
@@ -19,6 +21,7 @@ mod conn;
 mod http;
 mod model;
 mod state;
+mod stream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,8 +30,8 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 pub use model::{
-    Behavior, DEFAULT_HUGE_BODY_BYTES, Outcome, ParseOutcomeError, STATUS_RANGE, SimConfig,
-    parse_mix,
+    Behavior, DEFAULT_HUGE_BODY_BYTES, DEFAULT_STREAM_CUT_AFTER, DEFAULT_STREAM_INTERVAL_MS,
+    DEFAULT_STREAM_PIECE_CHARS, Outcome, ParseOutcomeError, STATUS_RANGE, SimConfig, parse_mix,
 };
 pub use state::{BUILTIN_MODELS, ControlSnapshot, LastRequest, ModelReport};
 

@@ -14,8 +14,13 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 ///
 /// On the wire (JSON, TOML, CLI) an outcome is a string: `"ok"`, `"hang"`,
 /// `"reset"`, `"malformed"`, `"empty"`, `"null_content"`, `"no_choices"`,
-/// `"huge"`, `"redirect"`, `"content_parts"`, or an HTTP status code in
-/// `400..=599` such as `"429"` or `"503"`.
+/// `"huge"`, `"redirect"`, `"content_parts"`, `"cut"`, `"stall_first"`,
+/// `"stall"`, `"stream_error"`, or an HTTP status code in `400..=599` such
+/// as `"429"` or `"503"`.
+///
+/// Every outcome applies to streamed requests (`"stream": true`) too; the
+/// last four are faults of a stream, with a fixed meaning for one-shot
+/// requests (see each).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Outcome {
     /// 200 with a well-formed completion.
@@ -45,13 +50,45 @@ pub enum Outcome {
     Redirect,
     /// 200 with a completion whose content is an array of text parts
     /// (`[{"type":"text","text":"..."}, ...]`, as vLLM and Mistral send);
-    /// the parts joined are the `ok` answer.
+    /// the parts joined are the `ok` answer. A streamed request gets the
+    /// `ok` stream (deltas are strings).
     ContentParts,
+    /// A stream that stops after [`Behavior::stream_cut_after`] pieces: the
+    /// connection is closed in the middle of the chunked body (no final
+    /// chunk, no `[DONE]`, no terminating zero-length chunk). A one-shot
+    /// request gets a TCP reset, as [`Outcome::Reset`].
+    Cut,
+    /// A stream whose headers (200, `text/event-stream`) are sent but whose
+    /// first event never comes; only the client's timeout ends it. A
+    /// one-shot request hangs, as [`Outcome::Hang`].
+    StallFirst,
+    /// A stream that stops after [`Behavior::stream_cut_after`] pieces and
+    /// keeps the connection open, sending nothing more. A one-shot request
+    /// hangs, as [`Outcome::Hang`].
+    Stall,
+    /// A stream that, after [`Behavior::stream_cut_after`] pieces, sends an
+    /// error event as OpenAI does inside a stream (`data:
+    /// {"error":{"message":...,"type":"server_error","code":null}}`) and
+    /// ends, without `[DONE]`. A one-shot request gets a `500` with the same
+    /// error object.
+    StreamError,
 }
 
 /// Content length of a [`Outcome::Huge`] answer when the behaviour does not
 /// set [`Behavior::huge_body_bytes`]: 50 MiB.
 pub const DEFAULT_HUGE_BODY_BYTES: u64 = 50 * 1024 * 1024;
+
+/// Characters per streamed piece when the behaviour does not set
+/// [`Behavior::stream_piece_chars`].
+pub const DEFAULT_STREAM_PIECE_CHARS: usize = 4;
+
+/// Milliseconds between two streamed pieces when the behaviour does not set
+/// [`Behavior::stream_interval_ms`].
+pub const DEFAULT_STREAM_INTERVAL_MS: u64 = 10;
+
+/// Pieces sent before a `cut`, `stall` or `stream_error` when the behaviour
+/// does not set [`Behavior::stream_cut_after`].
+pub const DEFAULT_STREAM_CUT_AFTER: usize = 3;
 
 /// Status codes an [`Outcome::Status`] may carry: only errors make sense,
 /// since success is [`Outcome::Ok`].
@@ -84,6 +121,10 @@ impl fmt::Display for Outcome {
             Outcome::Huge => f.write_str("huge"),
             Outcome::Redirect => f.write_str("redirect"),
             Outcome::ContentParts => f.write_str("content_parts"),
+            Outcome::Cut => f.write_str("cut"),
+            Outcome::StallFirst => f.write_str("stall_first"),
+            Outcome::Stall => f.write_str("stall"),
+            Outcome::StreamError => f.write_str("stream_error"),
         }
     }
 }
@@ -97,8 +138,8 @@ impl fmt::Display for ParseOutcomeError {
         write!(
             f,
             "unknown outcome {:?}: expected one of ok, hang, reset, malformed, empty, \
-             null_content, no_choices, huge, redirect, content_parts, or an HTTP status \
-             code 400..=599 such as \"503\"",
+             null_content, no_choices, huge, redirect, content_parts, cut, stall_first, \
+             stall, stream_error, or an HTTP status code 400..=599 such as \"503\"",
             self.0
         )
     }
@@ -121,6 +162,10 @@ impl FromStr for Outcome {
             "huge" => Outcome::Huge,
             "redirect" => Outcome::Redirect,
             "content_parts" => Outcome::ContentParts,
+            "cut" => Outcome::Cut,
+            "stall_first" => Outcome::StallFirst,
+            "stall" => Outcome::Stall,
+            "stream_error" => Outcome::StreamError,
             other => match other.parse::<u16>() {
                 Ok(code) if STATUS_RANGE.contains(&code) => Outcome::Status(code),
                 _ => return Err(ParseOutcomeError(s.to_owned())),
@@ -148,7 +193,8 @@ impl<'de> Deserialize<'de> for Outcome {
                 f.write_str(
                     "an outcome: \"ok\", \"hang\", \"reset\", \"malformed\", \"empty\", \
                      \"null_content\", \"no_choices\", \"huge\", \"redirect\", \
-                     \"content_parts\" or a status code 400..=599",
+                     \"content_parts\", \"cut\", \"stall_first\", \"stall\", \
+                     \"stream_error\" or a status code 400..=599",
                 )
             }
 
@@ -201,6 +247,21 @@ pub struct Behavior {
     /// `/redirected/v1/chat/completions`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redirect_location: Option<String>,
+    /// Characters (not bytes: Chinese text splits between characters) per
+    /// content piece of a streamed answer; unset means
+    /// [`DEFAULT_STREAM_PIECE_CHARS`]. At least 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream_piece_chars: Option<usize>,
+    /// Delay between two content pieces of a streamed answer, in
+    /// milliseconds; unset means [`DEFAULT_STREAM_INTERVAL_MS`].
+    /// (`latency_ms` and `jitter_ms` delay the headers and first piece.)
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream_interval_ms: Option<u64>,
+    /// Content pieces sent before a `cut`, `stall` or `stream_error` (all
+    /// of them, if the answer has fewer); unset means
+    /// [`DEFAULT_STREAM_CUT_AFTER`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream_cut_after: Option<usize>,
     /// Consumed first, one outcome per call, in order, before the mix applies.
     pub script: Vec<Outcome>,
 }
@@ -224,8 +285,8 @@ impl Behavior {
 
     /// Checks that the mix is a probability distribution (each share in
     /// `0..=1`, total at most 1), that status outcomes are in `400..=599`,
-    /// and that `retry_after` and `redirect_location` can be sent as header
-    /// values.
+    /// that `retry_after` and `redirect_location` can be sent as header
+    /// values, and that `stream_piece_chars` is at least 1.
     pub fn validate(&self) -> Result<(), String> {
         let mut total = 0.0;
         for (outcome, &p) in &self.mix {
@@ -245,6 +306,9 @@ impl Behavior {
         }
         for (i, outcome) in self.script.iter().enumerate() {
             outcome.check().map_err(|e| format!("script[{i}]: {e}"))?;
+        }
+        if self.stream_piece_chars == Some(0) {
+            return Err("stream_piece_chars: 0, expected at least 1".to_owned());
         }
         for (field, value) in [
             ("retry_after", &self.retry_after),

@@ -10,7 +10,10 @@ use fastrand::Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::model::{Behavior, DEFAULT_HUGE_BODY_BYTES, Outcome, SimConfig};
+use super::model::{
+    Behavior, DEFAULT_HUGE_BODY_BYTES, DEFAULT_STREAM_CUT_AFTER, DEFAULT_STREAM_INTERVAL_MS,
+    DEFAULT_STREAM_PIECE_CHARS, Outcome, SimConfig,
+};
 
 /// Models every simulator lists in `GET /v1/models`, configured or not, so a
 /// client probing the endpoint finds the names it most likely asks for.
@@ -64,6 +67,12 @@ pub(crate) struct Decision {
     pub retry_after_ms: Option<u64>,
     pub huge_body_bytes: u64,
     pub redirect_location: Option<String>,
+    /// Characters per streamed piece, at least 1.
+    pub stream_piece_chars: usize,
+    /// Delay between two streamed pieces.
+    pub stream_interval: Duration,
+    /// Pieces sent before a stream fault.
+    pub stream_cut_after: usize,
 }
 
 struct ModelState {
@@ -205,6 +214,19 @@ impl SimState {
             retry_after_ms: behavior.retry_after_ms,
             huge_body_bytes: behavior.huge_body_bytes.unwrap_or(DEFAULT_HUGE_BODY_BYTES),
             redirect_location: behavior.redirect_location.clone(),
+            // An unvalidated `set_behavior` may carry 0; one character then.
+            stream_piece_chars: behavior
+                .stream_piece_chars
+                .unwrap_or(DEFAULT_STREAM_PIECE_CHARS)
+                .max(1),
+            stream_interval: Duration::from_millis(
+                behavior
+                    .stream_interval_ms
+                    .unwrap_or(DEFAULT_STREAM_INTERVAL_MS),
+            ),
+            stream_cut_after: behavior
+                .stream_cut_after
+                .unwrap_or(DEFAULT_STREAM_CUT_AFTER),
         };
         *state.outcomes.entry(outcome).or_insert(0) += 1;
         decision
