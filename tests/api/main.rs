@@ -19,4 +19,5 @@ mod redis_outage;
 mod resilience;
 mod retries;
 mod seed_experiment;
+mod streaming;
 mod upstream_boundaries;
