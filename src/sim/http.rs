@@ -162,11 +162,51 @@ fn prompt_tokens(request: &ChatRequest) -> u64 {
 }
 
 /// The text of the `ok` answer to `request` from `model`.
+///
+/// A request to continue an answer that broke off (`user` question, the `assistant`
+/// text so far, then a `user` instruction) gets what a good model would write: the rest
+/// of the answer the assistant text began (`[X] simulated answer to: QUESTION`, with `X`
+/// this model, the name the text starts with, or a built-in model), so that the stitched
+/// answer is that whole answer. Assistant text that begins no simulated answer gets the
+/// ordinary answer to the last user message.
 fn ok_answer(model: &str, request: &ChatRequest) -> String {
+    if let Some(rest) = continuation(model, request) {
+        return rest;
+    }
     format!(
         "[{model}] simulated answer to: {}",
         request.last_user_text(PART_SEPARATOR)
     )
+}
+
+/// The rest of the answer a continuation request's assistant text began, if it began one.
+fn continuation(model: &str, request: &ChatRequest) -> Option<String> {
+    let n = request.messages.len();
+    let [.., question, sent, instruction] = request.messages.as_slice() else {
+        return None;
+    };
+    if n < 3 || question.role != "user" || sent.role != "assistant" || instruction.role != "user" {
+        return None;
+    }
+    let text = |m: &crate::wire::openai::ChatMessage| {
+        m.content
+            .as_ref()
+            .map(|c| c.to_text(PART_SEPARATOR))
+            .unwrap_or_default()
+    };
+    let sent = text(sent);
+    let question = text(question);
+    let named = sent
+        .strip_prefix('[')
+        .and_then(|s| s.split_once(']'))
+        .map(|(writer, _)| writer.to_owned());
+    std::iter::once(model.to_owned())
+        .chain(named)
+        .chain(super::state::BUILTIN_MODELS.iter().map(|m| (*m).to_owned()))
+        .find_map(|writer| {
+            let whole = format!("[{writer}] simulated answer to: {question}");
+            whole.strip_prefix(sent.as_str()).map(str::to_owned)
+        })
 }
 
 pub(crate) fn unix_now() -> u64 {

@@ -214,8 +214,9 @@ async fn faults_before_the_first_piece_are_invisible() {
 async fn a_stream_broken_mid_way_is_continued_by_a_retry_without_a_reset() {
     for fault in ["cut", "stall", "stream_error"] {
         let (redis, sim, app) = app_with(script(&[fault]), Behavior::default()).await;
+        let question = format!("broken once: {fault}");
 
-        let (_, events) = stream(&app, &format!("broken once: {fault}")).await;
+        let (_, events) = stream(&app, &question).await;
 
         let done = check(&events);
         assert!(
@@ -239,6 +240,17 @@ async fn a_stream_broken_mid_way_is_continued_by_a_retry_without_a_reset() {
                 .unwrap()
                 .starts_with(messages[1]["content"].as_str().unwrap()),
             "the continuation follows the text sent: {fault}"
+        );
+        let whole = format!(
+            "[gpt-4o] simulated answer to: {}",
+            Config::default()
+                .primary
+                .prompt
+                .replace("{question}", &question)
+        );
+        assert_eq!(
+            done["answer"], whole,
+            "nothing lost, nothing repeated: {fault}"
         );
         assert_eq!(
             app.metric(r#"qa_stream_interruptions_total{action="continued",tier="primary"}"#)
