@@ -345,13 +345,18 @@ async fn watch_redis(cache: Arc<AnswerCache>) {
 }
 
 /// The routes and the middleware stack. Layers, outermost first:
-/// request id (every response carries one; `Connection: close` once draining) -> trace
-/// span (with the id, at DEBUG) -> CORS (when origins are configured) -> catch-panic (a
-/// panic becomes a JSON 500) -> routes. `/ask` sheds load past
-/// `limits.max_concurrent_requests` itself, before reading the body.
+/// request id (every response carries one; `Connection: close` once draining; no Host on
+/// HTTP/1.1 is 400) -> trace span (with the id, at DEBUG) -> CORS (when origins are
+/// configured) -> catch-panic (a panic becomes a JSON 500) -> routes; the answering routes
+/// add the guards of `guards.rs` (body limits, then load shedding).
 pub fn router(state: AppState) -> Router {
+    // The answering routes, behind the guards (`guards.rs` lists them in order).
+    let answering = crate::guards::answering(
+        state.clone(),
+        Router::new().route("/ask", post(routes::ask::ask)),
+    );
     let mut app = Router::new()
-        .route("/ask", post(routes::ask::ask))
+        .merge(answering)
         .route("/healthz", get(routes::health::healthz))
         .route("/readyz", get(routes::health::readyz))
         .route("/metrics", get(routes::metrics::metrics))

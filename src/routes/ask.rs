@@ -18,7 +18,7 @@ use crate::error::ApiError;
 use crate::middleware::RequestId;
 use crate::pipeline::normalize::normalize;
 use crate::pipeline::{Answer, Mode, Source};
-use crate::routes::body::{json_object, read_body};
+use crate::routes::body::json_object;
 
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
 
@@ -66,6 +66,7 @@ pub async fn ask(
 ) -> Response {
     let started = Instant::now();
     // Taken apart rather than extracted as a HeaderMap, which would copy every header.
+    // The guards in front (guards.rs) have read the body and taken a load-shedding slot.
     let (parts, body) = req.into_parts();
     let ask = match read_question(&state, &parts.headers, body).await {
         Ok(q) => q,
@@ -75,21 +76,13 @@ pub async fn ask(
         }
     };
     let streamed = ask.stream || accepts_event_stream(&parts.headers);
-    // Load shedding: past the limit, 503 at once, rather than a queue without bound. A
-    // slot is taken once the request is ready to walk, so clients whose bodies are still
-    // on their way (bounded by the body timeout) never hold one; a stream holds its slot
-    // until it ends.
-    let Ok(permit) = state.inflight.clone().try_acquire_owned() else {
-        state.reject("overloaded");
-        return ApiError::overloaded().into_response();
-    };
     let question = ask.question;
     let found = state
         .pipeline
         .lookup(&question, started.into(), &request_id)
         .await;
     if streamed {
-        return stream::respond(state, request_id, question, started, found, permit);
+        return stream::respond(state, request_id, question, started, found);
     }
 
     let answer = match found {
@@ -107,7 +100,6 @@ pub async fn ask(
         }
     };
     let elapsed = finish(&state, &answer, &request_id, started);
-    drop(permit);
     let body = AskResponse::new(&answer, &request_id, elapsed);
     // Sized up front: axum's Json starts small and grows, copying the answer each time.
     let mut buf = Vec::with_capacity(answer.text.len() * 2 + 160);
@@ -188,7 +180,6 @@ mod stream {
     use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
     use axum::response::{IntoResponse, Response};
     use futures_util::StreamExt;
-    use tokio::sync::OwnedSemaphorePermit;
 
     use super::{AskResponse, finish, walk_failed};
     use crate::app::AppState;
@@ -198,8 +189,9 @@ mod stream {
     /// A comment line (`: ping`) on a stream quiet this long.
     const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
-    /// Everything one stream holds until it ends (or its client leaves): its slot, its
-    /// place in the walk, and its share of the in-flight gauge.
+    /// Everything one stream holds until it ends (or its client leaves): its place in the
+    /// walk and its share of the in-flight gauge. (Its load-shedding slot is held by the
+    /// guards, for as long as the response body lives.)
     struct Streaming {
         state: AppState,
         request_id: Arc<str>,
@@ -210,7 +202,6 @@ mod stream {
         external: Duration,
         waited: Instant,
         finished: bool,
-        _permit: OwnedSemaphorePermit,
     }
 
     enum Source {
@@ -230,7 +221,6 @@ mod stream {
         question: String,
         started: Instant,
         found: Result<Answer, Miss>,
-        permit: OwnedSemaphorePermit,
     ) -> Response {
         state.metrics.streams_in_flight.inc();
         let (source, external) = match found {
@@ -256,7 +246,6 @@ mod stream {
             external,
             waited: Instant::now(),
             finished: false,
-            _permit: permit,
         };
         let events = futures_util::stream::unfold(streaming, |mut s| async move {
             let batch = s.next_batch().await?;
@@ -352,8 +341,7 @@ async fn read_question(
     body: Body,
 ) -> Result<AskRequest, ApiError> {
     let limits = &state.config.limits;
-    let body_timeout = Duration::from_millis(state.config.server.body_read_timeout_ms);
-    let bytes = read_body(headers, body, limits.max_body_bytes, body_timeout).await?;
+    let bytes = crate::guards::buffered(body).await;
     if !is_json(headers) {
         return Err(ApiError::unsupported_media_type());
     }
