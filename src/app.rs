@@ -27,50 +27,13 @@ use crate::middleware::{self, REQUEST_ID};
 use crate::pipeline::cache::{AnswerCache, CacheOptions, CacheWriter, RedisState};
 use crate::pipeline::canned::CannedAnswers;
 use crate::pipeline::model::ModelClient;
-use crate::pipeline::{GuardedTier, Pipeline, Source, Tier, TierSlot};
+use crate::pipeline::{GuardedTier, Pipeline, Tier, TierSlot};
 use crate::resilience::breaker::Breaker;
 use crate::resilience::budget::RetryBudget;
 use crate::routes;
+use crate::state::{AppState, Shared};
 use crate::stats::Stats;
 use crate::telemetry::Metrics;
-
-/// What every handler shares.
-#[derive(Clone)]
-pub struct AppState(Arc<Shared>);
-
-pub struct Shared {
-    pub config: Arc<Config>,
-    pub pipeline: Arc<Pipeline>,
-    pub metrics: Metrics,
-    pub stats: Arc<Stats>,
-    /// Set once shutdown has begun: `/readyz` answers 503.
-    pub draining: AtomicBool,
-    /// Permits for requests in flight on `/ask`.
-    pub inflight: Arc<Semaphore>,
-}
-
-impl std::ops::Deref for AppState {
-    type Target = Shared;
-    fn deref(&self) -> &Shared {
-        &self.0
-    }
-}
-
-impl AppState {
-    /// Counts a refused request.
-    pub fn reject(&self, code: &str) {
-        self.metrics.rejected.with_label_values(&[code]).inc();
-    }
-
-    /// Counts an answer, in the metrics and in the monitor.
-    pub fn record_answer(&self, source: Source, started: std::time::Instant, elapsed: Duration) {
-        if let Some((count, duration)) = self.metrics.answers.get(source as usize) {
-            count.inc();
-            duration.observe(elapsed.as_secs_f64());
-        }
-        self.stats.record_answer(source, started + elapsed);
-    }
-}
 
 /// A built service, bound to its port, not yet serving.
 pub struct App {
@@ -111,19 +74,16 @@ impl App {
             .build()
             .map_err(|e| BuildError::Setup(format!("HTTP client: {e}")))?;
 
-        let models: Vec<(Tier, String)> = [
-            (Tier::Primary, config.primary.model.clone()),
-            (Tier::Secondary, config.secondary.model.clone()),
-        ]
-        .into();
+        let models: Vec<(Tier, String)> = Tier::ALL
+            .iter()
+            .map(|t| (*t, t.config(&config).model.clone()))
+            .collect();
         let metrics =
             Metrics::new(&models).map_err(|e| BuildError::Setup(format!("metrics: {e}")))?;
 
         let mut tiers = Vec::new();
-        for (tier, tc) in [
-            (Tier::Primary, &config.primary),
-            (Tier::Secondary, &config.secondary),
-        ] {
+        for tier in Tier::ALL {
+            let tc = tier.config(&config);
             let base = tc.effective_base_url(&config.openai);
             let official = base.trim_end_matches('/') == OPENAI_OFFICIAL_BASE_URL;
             if api_key.is_none() && official {

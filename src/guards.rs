@@ -29,9 +29,9 @@ use http_body_util::BodyExt;
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use tokio::sync::OwnedSemaphorePermit;
 
-use crate::app::AppState;
 use crate::error::ApiError;
 use crate::routes::body::read_body;
+use crate::state::AppState;
 
 /// Adds the guards to `router`'s routes (apply with `Router::route_layer`).
 pub fn answering<S>(state: AppState, router: axum::Router<S>) -> axum::Router<S>

@@ -15,6 +15,7 @@ pub mod routes;
 pub mod server;
 pub mod shutdown;
 pub mod sim;
+pub mod state;
 pub mod stats;
 pub mod telemetry;
 pub mod wire;

@@ -77,8 +77,9 @@ pub const REJECTION_CODES: &[&str] = &[
     "header_too_large",
 ];
 
-/// Dependencies guarded by a circuit breaker, the `dependency` label of `qa_circuit_state`.
-pub const DEPENDENCIES: &[&str] = &["primary", "secondary", "redis"];
+/// Dependencies guarded by a circuit breaker besides the model tiers (whose names come
+/// from [`Tier::ALL`]): the `dependency` label of `qa_circuit_state`.
+pub const OTHER_DEPENDENCIES: &[&str] = &["redis"];
 
 pub const CACHE_LAYERS: &[&str] = &["memory", "redis"];
 pub const CACHE_RESULTS: &[&str] = &["hit", "miss", "stale", "error"];
@@ -304,7 +305,8 @@ impl Metrics {
                 )
             })
             .collect();
-        for dependency in DEPENDENCIES {
+        let tiers = Tier::ALL.iter().map(|t| t.as_str());
+        for dependency in tiers.chain(OTHER_DEPENDENCIES.iter().copied()) {
             m.circuit_state.with_label_values(&[dependency]).set(0);
         }
         #[cfg(target_os = "linux")]

@@ -84,6 +84,18 @@ pub enum Tier {
 }
 
 impl Tier {
+    /// The model tiers in the order the walk tries them: the one list that the walk,
+    /// the metrics' labels, `/readyz` and the breakers' names are built from.
+    pub const ALL: [Tier; 2] = [Tier::Primary, Tier::Secondary];
+
+    /// This tier's section of the configuration.
+    pub fn config(self, config: &crate::config::Config) -> &crate::config::TierConfig {
+        match self {
+            Tier::Primary => &config.primary,
+            Tier::Secondary => &config.secondary,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Tier::Primary => "primary",

@@ -11,10 +11,10 @@ use axum::response::{IntoResponse, Json, Response};
 use secrecy::ExposeSecret;
 use subtle::ConstantTimeEq;
 
-use crate::app::AppState;
 use crate::error::ApiError;
 use crate::pipeline::normalize::normalize;
 use crate::routes::body::{json_object, read_body};
+use crate::state::AppState;
 
 /// Admin is enabled (a token is set), the method is the route's, and the request carries
 /// the token (scheme `Bearer` in any case, as RFC 9110 says; the token compared in

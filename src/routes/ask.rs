@@ -13,12 +13,12 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
-use crate::app::AppState;
 use crate::error::ApiError;
 use crate::middleware::RequestId;
 use crate::pipeline::normalize::normalize;
 use crate::pipeline::{Answer, Mode, Source};
 use crate::routes::body::json_object;
+use crate::state::AppState;
 
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
 
@@ -182,9 +182,9 @@ mod stream {
     use futures_util::StreamExt;
 
     use super::{AskResponse, finish, walk_failed};
-    use crate::app::AppState;
     use crate::pipeline::events::{Event, Subscriber};
     use crate::pipeline::{Answer, Miss, Mode};
+    use crate::state::AppState;
 
     /// A comment line (`: ping`) on a stream quiet this long.
     const KEEP_ALIVE: Duration = Duration::from_secs(15);

@@ -7,7 +7,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json, Response};
 
-use crate::app::AppState;
+use crate::state::AppState;
 
 pub async fn healthz() -> Response {
     Json(serde_json::json!({"status": "ok"})).into_response()
@@ -21,14 +21,15 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     let redis = cache.redis_state();
     let redis_up = redis == crate::pipeline::cache::RedisState::Up;
     let writes_failing = cache.writes_failing();
-    let tier_state = |i: usize| {
-        state
-            .pipeline
-            .tiers
-            .get(i)
-            .map_or("not_configured", |slot| slot.state())
-    };
-    let (primary, secondary) = (tier_state(0), tier_state(1));
+    // The model tiers' checks, by name, from the walk's own list; the first one decides
+    // readiness.
+    let tiers: Vec<(&str, &str)> = state
+        .pipeline
+        .tiers
+        .iter()
+        .map(|slot| (slot.tier().as_str(), slot.state()))
+        .collect();
+    let primary = tiers.first().map_or("not_configured", |t| t.1);
     let draining = state.draining.load(Ordering::Relaxed);
     let status = if draining {
         "draining"
@@ -37,15 +38,16 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     } else {
         "degraded"
     };
-    let body = Json(serde_json::json!({
-        "status": status,
-        "checks": {
-            "redis": redis.as_str(),
-            "redis_writes": if writes_failing { "failing" } else { "ok" },
-            "primary": primary,
-            "secondary": secondary,
-        }
-    }));
+    let mut checks = serde_json::Map::new();
+    checks.insert("redis".into(), redis.as_str().into());
+    checks.insert(
+        "redis_writes".into(),
+        if writes_failing { "failing" } else { "ok" }.into(),
+    );
+    for (name, tier_state) in tiers {
+        checks.insert(name.into(), tier_state.into());
+    }
+    let body = Json(serde_json::json!({ "status": status, "checks": checks }));
     let code = if draining {
         StatusCode::SERVICE_UNAVAILABLE
     } else {

@@ -4,7 +4,7 @@ use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Json, Response};
 
-use crate::app::AppState;
+use crate::state::AppState;
 
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let r = state.stats.ratios();

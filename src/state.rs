@@ -1,0 +1,52 @@
+//! What every handler shares: the configuration, the pipeline, the metrics and the
+//! monitor, the draining flag and the load-shedding slots. `app.rs` builds it; the routes,
+//! guards and middleware read it (and import nothing from `app.rs`).
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+
+use crate::config::Config;
+use crate::pipeline::{Pipeline, Source};
+use crate::stats::Stats;
+use crate::telemetry::Metrics;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState(pub(crate) Arc<Shared>);
+
+pub struct Shared {
+    pub config: Arc<Config>,
+    pub pipeline: Arc<Pipeline>,
+    pub metrics: Metrics,
+    pub stats: Arc<Stats>,
+    /// Set once shutdown has begun: `/readyz` answers 503.
+    pub draining: AtomicBool,
+    /// Permits for requests in flight on `/ask`.
+    pub inflight: Arc<Semaphore>,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+impl AppState {
+    /// Counts a refused request.
+    pub fn reject(&self, code: &str) {
+        self.metrics.rejected.with_label_values(&[code]).inc();
+    }
+
+    /// Counts an answer, in the metrics and in the monitor.
+    pub fn record_answer(&self, source: Source, started: std::time::Instant, elapsed: Duration) {
+        if let Some((count, duration)) = self.metrics.answers.get(source as usize) {
+            count.inc();
+            duration.observe(elapsed.as_secs_f64());
+        }
+        self.stats.record_answer(source, started + elapsed);
+    }
+}
