@@ -9,8 +9,8 @@ use std::time::{Instant, SystemTime};
 
 use serde::Serialize;
 
-use crate::pipeline::model::ErrorKind;
-use crate::pipeline::{Source, Tier};
+use crate::pipeline::source::ErrorKind;
+use crate::pipeline::source::{Source, Tier};
 
 /// How many error events `/stats` keeps.
 pub const RECENT_ERRORS: usize = 50;

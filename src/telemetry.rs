@@ -9,8 +9,8 @@ use prometheus::{
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogConfig, LogFormat};
-use crate::pipeline::model::ErrorKind;
-use crate::pipeline::{FallbackReason, Source, Tier};
+use crate::pipeline::source::ErrorKind;
+use crate::pipeline::source::{GiveUp, Source, Tier};
 
 /// Installs the global tracing subscriber (JSON lines or human-readable; colours only
 /// when stdout is a terminal) and a panic hook that reports panics as log events, so
@@ -336,7 +336,7 @@ impl Metrics {
             }
             m.upstream_attempts
                 .with_label_values(&[tier.as_str(), model, "success"]);
-            for reason in FallbackReason::ALL {
+            for reason in GiveUp::ALL {
                 m.fallbacks
                     .with_label_values(&[tier.as_str(), reason.as_str()]);
             }

@@ -10,12 +10,21 @@
 //! tiers after the models cannot fail, so every walk ends with an answer. A model's answer
 //! is cached after the walk, off the response path. Each model tier sits behind a circuit
 //! breaker and a retry budget; identical questions in flight at once share one walk.
+//!
+//! Files: `source.rs` the vocabulary (sources, tiers, failure kinds, give-up reasons);
+//! `events.rs` a walk as events (`delta`, `reset`, `done`); `coalesce.rs` sharing one walk;
+//! `stream.rs` streamed calls, continuation and reset; `attempt.rs` one call measured and
+//! recorded; `cache.rs`, `model.rs`, `canned.rs` the tiers' own clients.
 
+mod attempt;
 pub mod cache;
 pub mod canned;
+mod coalesce;
 pub mod events;
 pub mod model;
 pub mod normalize;
+pub mod source;
+mod stream;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -23,138 +32,22 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::resilience::breaker::{Breaker, Permit};
+use crate::resilience::breaker::Breaker;
 use crate::resilience::budget::RetryBudget;
-use crate::resilience::retry::{GiveUp, retry};
+use crate::resilience::retry::retry;
 use crate::stats::Stats;
 use crate::telemetry::Metrics;
 
 use cache::{AnswerCache, CachedAnswer};
 use canned::CannedAnswers;
-use events::{Event, EventLog, Producer, Subscriber};
-use model::{ModelClient, UpstreamError};
+use coalesce::Flights;
+use events::{Event, Producer};
+use model::ModelClient;
+pub use source::{GiveUp, Source, Tier};
+use stream::Progress;
 
 /// The reply when every other tier has nothing.
 pub const DEFAULT_REPLY: &str = "抱歉,系统暂时无法处理您的请求。请稍后重试或联系人工客服。";
-
-/// Which tier gave an answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
-    Cache = 0,
-    Primary = 1,
-    Secondary = 2,
-    Canned = 3,
-    Stale = 4,
-    Default = 5,
-}
-
-impl Source {
-    pub const COUNT: usize = 6;
-    pub const ALL: [Source; Source::COUNT] = [
-        Source::Cache,
-        Source::Primary,
-        Source::Secondary,
-        Source::Canned,
-        Source::Stale,
-        Source::Default,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Source::Cache => "cache",
-            Source::Primary => "primary",
-            Source::Secondary => "secondary",
-            Source::Canned => "canned",
-            Source::Stale => "stale",
-            Source::Default => "default",
-        }
-    }
-
-    /// Whether the answer is less than the best the service can give.
-    pub fn degraded(self) -> bool {
-        !matches!(self, Source::Cache | Source::Primary)
-    }
-}
-
-/// A model tier.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Tier {
-    Primary,
-    Secondary,
-}
-
-impl Tier {
-    /// The model tiers in the order the walk tries them: the one list that the walk,
-    /// the metrics' labels, `/readyz` and the breakers' names are built from.
-    pub const ALL: [Tier; 2] = [Tier::Primary, Tier::Secondary];
-
-    /// This tier's section of the configuration.
-    pub fn config(self, config: &crate::config::Config) -> &crate::config::TierConfig {
-        match self {
-            Tier::Primary => &config.primary,
-            Tier::Secondary => &config.secondary,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Tier::Primary => "primary",
-            Tier::Secondary => "secondary",
-        }
-    }
-
-    fn source(self) -> Source {
-        match self {
-            Tier::Primary => Source::Primary,
-            Tier::Secondary => Source::Secondary,
-        }
-    }
-}
-
-/// Why a model tier gave no answer: the `reason` label of `qa_fallbacks_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FallbackReason {
-    Exhausted,
-    NonRetryable,
-    Deadline,
-    NotConfigured,
-    CircuitOpen,
-    Budget,
-}
-
-impl FallbackReason {
-    pub const ALL: [FallbackReason; 6] = [
-        FallbackReason::Exhausted,
-        FallbackReason::NonRetryable,
-        FallbackReason::Deadline,
-        FallbackReason::NotConfigured,
-        FallbackReason::CircuitOpen,
-        FallbackReason::Budget,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FallbackReason::Exhausted => "exhausted",
-            FallbackReason::NonRetryable => "non_retryable",
-            FallbackReason::Deadline => "deadline",
-            FallbackReason::NotConfigured => "not_configured",
-            FallbackReason::CircuitOpen => "circuit_open",
-            FallbackReason::Budget => "budget",
-        }
-    }
-}
-
-impl From<GiveUp> for FallbackReason {
-    fn from(g: GiveUp) -> Self {
-        match g {
-            GiveUp::Exhausted => FallbackReason::Exhausted,
-            GiveUp::NonRetryable => FallbackReason::NonRetryable,
-            GiveUp::Deadline => FallbackReason::Deadline,
-            GiveUp::CircuitOpen => FallbackReason::CircuitOpen,
-            GiveUp::Budget => FallbackReason::Budget,
-        }
-    }
-}
 
 /// A configured model tier with what guards it.
 pub struct GuardedTier {
@@ -233,9 +126,6 @@ pub struct Miss {
     external: Duration,
 }
 
-/// Identical questions in flight: the event log of the walk answering them.
-type Flights = Mutex<HashMap<String, Arc<EventLog>>>;
-
 /// How the model tiers are called for a walk: the whole answer at once (JSON `/ask`), or
 /// streamed piece by piece, each piece an event as it comes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -252,34 +142,6 @@ pub struct Pipeline {
     pub stats: Arc<Stats>,
     pub request_timeout: Duration,
     flights: Flights,
-}
-
-/// Removes a leader's flight when it ends, however it ends (answer, panic, cancellation),
-/// so that no later request joins a walk that will never finish.
-struct FlightGuard<'a> {
-    flights: &'a Flights,
-    key: &'a str,
-}
-
-impl Drop for FlightGuard<'_> {
-    fn drop(&mut self) {
-        if let Ok(mut f) = self.flights.lock() {
-            f.remove(self.key);
-        }
-    }
-}
-
-/// What a streamed walk has sent so far, across its attempts and tiers.
-#[derive(Default)]
-struct Progress {
-    /// The text sent to the clients since the walk began.
-    sent: String,
-    pieces: u32,
-    /// Calls that wrote some of `sent`.
-    writers: u32,
-    /// The tier whose stream broke after text was sent, until the next attempt continues
-    /// it (or the walk gives up and resets).
-    interrupted: Option<Tier>,
 }
 
 impl Pipeline {
@@ -359,45 +221,6 @@ impl Pipeline {
         }
     }
 
-    /// The tiers after the fresh cache, for a question the cache did not have: joins the
-    /// walk already answering the same question, or starts one in a task of its own (so
-    /// that a client that leaves never stops it, and its answer is still cached). Read
-    /// the walk through the returned subscriber, from its first event on.
-    pub fn start(self: &Arc<Self>, miss: Miss, mode: Mode) -> Subscriber {
-        let producer = match self.flights.lock() {
-            Ok(mut flights) => match flights.get(&miss.key) {
-                Some(log) => {
-                    self.metrics.coalesced.inc();
-                    return log.subscribe();
-                }
-                None => {
-                    let (producer, log) = EventLog::channel();
-                    flights.insert(miss.key.clone(), log);
-                    producer
-                }
-            },
-            // A poisoned map: walk alone, uncoalesced.
-            Err(_) => EventLog::channel().0,
-        };
-        let subscriber = producer.log().subscribe();
-        let pipeline = self.clone();
-        // Every log line of the walk (each model call above all) carries the id.
-        let span = tracing::info_span!("pipeline", request_id = %miss.request_id);
-        tokio::spawn(tracing::Instrument::instrument(
-            async move {
-                let key = miss.key.clone();
-                let _flight = FlightGuard {
-                    flights: &pipeline.flights,
-                    key: &key,
-                };
-                let answer = pipeline.walk(miss, mode, &producer).await;
-                producer.push(Event::Done(answer));
-            },
-            span,
-        ));
-        subscriber
-    }
-
     /// The tiers after the fresh cache. A panic in the model tiers (a bug) does not skip
     /// the tiers after them: it is counted, logged, and the walk goes on.
     async fn walk(&self, miss: Miss, mode: Mode, out: &Producer) -> Answer {
@@ -472,21 +295,6 @@ impl Pipeline {
         None
     }
 
-    /// Counts and logs a stream that broke after text was sent, with what was done.
-    fn interruption(&self, request_id: &str, tier: Tier, pieces: u32, action: &'static str) {
-        self.metrics
-            .stream_interruptions
-            .with_label_values(&[tier.as_str(), action])
-            .inc();
-        tracing::warn!(
-            request_id,
-            tier = tier.as_str(),
-            pieces_sent = pieces,
-            action,
-            "stream interrupted after text was sent"
-        );
-    }
-
     /// The tiers that cannot fail: canned answers, the stale answer, the default reply.
     pub fn last_resort(
         &self,
@@ -532,13 +340,13 @@ impl Pipeline {
         let guarded = match slot {
             TierSlot::Configured(g) => g,
             TierSlot::NotConfigured { tier, .. } => {
-                self.fallback(*tier, FallbackReason::NotConfigured);
+                self.fallback(*tier, GiveUp::NotConfigured);
                 return None;
             }
         };
         let client = &guarded.client;
         if Instant::now() >= deadline {
-            self.fallback(client.tier, FallbackReason::Deadline);
+            self.fallback(client.tier, GiveUp::Deadline);
             return None;
         }
         // Before each attempt: a retry must fit in the budget, and the breaker must let
@@ -583,7 +391,7 @@ impl Pipeline {
                 })
             }
             Err(e) => {
-                let reason = FallbackReason::from(e.give_up);
+                let reason = e.give_up;
                 tracing::warn!(
                     tier = client.tier.as_str(),
                     model = %client.model,
@@ -597,146 +405,7 @@ impl Pipeline {
         }
     }
 
-    /// One streamed call: its pieces go out as they come. After a break with text sent,
-    /// this call is asked to go on from that text (and says so in the metrics and logs).
-    /// The completion it returns is the whole text sent by the walk.
-    async fn stream_call(
-        &self,
-        client: &ModelClient,
-        call: &Call<'_>,
-        time_left: Duration,
-    ) -> Result<model::Completion, UpstreamError> {
-        let continue_from = match call.progress.lock() {
-            Ok(mut p) if !p.sent.is_empty() => {
-                if let Some(tier) = p.interrupted.take() {
-                    self.interruption(call.request_id, tier, p.pieces, "continued");
-                }
-                Some(p.sent.clone())
-            }
-            _ => None,
-        };
-        let mut stream = client
-            .open_stream(
-                call.question,
-                continue_from.as_deref(),
-                client.first_token_timeout.min(time_left),
-                client.stream_idle_timeout,
-            )
-            .await?;
-        let mut wrote = false;
-        loop {
-            let piece = match stream.next_piece().await {
-                Ok(Some(piece)) => piece,
-                Ok(None) => break,
-                Err(e) => {
-                    if let Ok(mut p) = call.progress.lock()
-                        && !p.sent.is_empty()
-                    {
-                        p.interrupted = Some(client.tier);
-                    }
-                    return Err(e);
-                }
-            };
-            let piece: Arc<str> = Arc::from(piece);
-            if let Ok(mut p) = call.progress.lock() {
-                if !wrote {
-                    p.writers = p.writers.saturating_add(1);
-                }
-                p.sent.push_str(&piece);
-                p.pieces = p.pieces.saturating_add(1);
-            }
-            wrote = true;
-            call.out.push(Event::Delta(piece));
-        }
-        if !wrote && continue_from.is_none() {
-            return Err(UpstreamError::invalid("stream ended with no text"));
-        }
-        let text = call
-            .progress
-            .lock()
-            .map(|p| p.sent.clone())
-            .unwrap_or_default();
-        Ok(model::Completion {
-            text,
-            model: client.model.clone(),
-        })
-    }
-
-    /// One model call (`calling`), measured, counted, logged, and reported to the tier's
-    /// breaker; a call cut off by the deadline (its future dropped) is recorded too.
-    async fn record_attempt(
-        &self,
-        client: &ModelClient,
-        request_id: &str,
-        attempt: u32,
-        permit: Permit<'_>,
-        calling: impl std::future::Future<Output = Result<model::Completion, UpstreamError>>,
-    ) -> Result<model::Completion, UpstreamError> {
-        let tier = client.tier.as_str();
-        let started = std::time::Instant::now();
-        let mut guard = AbandonedAttempt {
-            metrics: &self.metrics,
-            stats: &self.stats,
-            request_id,
-            client,
-            attempt,
-            started,
-            done: false,
-        };
-        let result = calling.await;
-        guard.done = true;
-        match &result {
-            Ok(_) => permit.success(),
-            // A refused request says nothing of the provider's health.
-            Err(e) if e.kind == model::ErrorKind::ClientError => permit.neutral(),
-            Err(_) => permit.failure(),
-        }
-        let elapsed = started.elapsed();
-        self.metrics
-            .upstream_duration
-            .with_label_values(&[tier])
-            .observe(elapsed.as_secs_f64());
-        let outcome = match &result {
-            Ok(_) => "success",
-            Err(e) => e.kind.as_str(),
-        };
-        self.metrics
-            .upstream_attempts
-            .with_label_values(&[tier, &client.model, outcome])
-            .inc();
-        match &result {
-            Ok(_) => tracing::info!(
-                tier,
-                model = %client.model,
-                attempt,
-                outcome,
-                duration_ms = elapsed.as_millis() as u64,
-                "model call"
-            ),
-            Err(e) => {
-                tracing::warn!(
-                    tier,
-                    model = %client.model,
-                    attempt,
-                    outcome,
-                    duration_ms = elapsed.as_millis() as u64,
-                    error = %e.message,
-                    "model call failed"
-                );
-                self.stats.record_error(
-                    request_id,
-                    client.tier,
-                    &client.model,
-                    e.kind,
-                    &e.public_message(),
-                    attempt,
-                );
-            }
-        }
-        result
-    }
-
-    fn fallback(&self, tier: Tier, reason: FallbackReason) {
+    fn fallback(&self, tier: Tier, reason: GiveUp) {
         self.metrics
             .fallbacks
             .with_label_values(&[tier.as_str(), reason.as_str()])
@@ -759,43 +428,5 @@ pub async fn catch_panic<T>(
             );
             None
         }
-    }
-}
-
-/// Counts a model call cut off by the request deadline (its future dropped mid-flight)
-/// as a timeout, so no call goes unrecorded.
-struct AbandonedAttempt<'a> {
-    metrics: &'a Metrics,
-    stats: &'a Stats,
-    request_id: &'a str,
-    client: &'a ModelClient,
-    attempt: u32,
-    started: std::time::Instant,
-    done: bool,
-}
-
-impl Drop for AbandonedAttempt<'_> {
-    fn drop(&mut self) {
-        if self.done {
-            return;
-        }
-        let tier = self.client.tier.as_str();
-        let kind = model::ErrorKind::Timeout;
-        self.metrics
-            .upstream_duration
-            .with_label_values(&[tier])
-            .observe(self.started.elapsed().as_secs_f64());
-        self.metrics
-            .upstream_attempts
-            .with_label_values(&[tier, &self.client.model, kind.as_str()])
-            .inc();
-        self.stats.record_error(
-            self.request_id,
-            self.client.tier,
-            &self.client.model,
-            kind,
-            "abandoned at the request deadline",
-            self.attempt,
-        );
     }
 }

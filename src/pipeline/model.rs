@@ -14,39 +14,7 @@ use crate::resilience::retry::{RetryPolicy, Transient};
 
 use super::Tier;
 
-/// The outcome of a failed model call: the `outcome` label of
-/// `qa_upstream_attempts_total` and the `kind` of an error event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum ErrorKind {
-    RateLimited,
-    Timeout,
-    ConnectError,
-    ServerError,
-    ClientError,
-    InvalidResponse,
-}
-
-impl ErrorKind {
-    pub const ALL: [ErrorKind; 6] = [
-        ErrorKind::RateLimited,
-        ErrorKind::Timeout,
-        ErrorKind::ConnectError,
-        ErrorKind::ServerError,
-        ErrorKind::ClientError,
-        ErrorKind::InvalidResponse,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorKind::RateLimited => "rate_limited",
-            ErrorKind::Timeout => "timeout",
-            ErrorKind::ConnectError => "connect_error",
-            ErrorKind::ServerError => "server_error",
-            ErrorKind::ClientError => "client_error",
-            ErrorKind::InvalidResponse => "invalid_response",
-        }
-    }
-}
+pub use super::source::ErrorKind;
 
 /// `retry-after-ms`: the wait in milliseconds, as OpenAI and Azure send it.
 const RETRY_AFTER_MS: HeaderName = HeaderName::from_static("retry-after-ms");

@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+pub use crate::pipeline::source::GiveUp;
+
 /// What the retry helper needs to know of a failure.
 pub trait Transient {
     /// Whether trying again may succeed.
@@ -46,21 +48,6 @@ impl RetryPolicy {
         let spread = u64::try_from(base.saturating_sub(half).as_nanos()).unwrap_or(u64::MAX);
         half.saturating_add(Duration::from_nanos(fastrand::u64(0..=spread)))
     }
-}
-
-/// Why the helper gave up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GiveUp {
-    /// Every attempt failed transiently.
-    Exhausted,
-    /// A failure that retrying cannot fix.
-    NonRetryable,
-    /// The deadline came, or the next wait would pass it.
-    Deadline,
-    /// The gate refused the attempt: the dependency's circuit breaker is open.
-    CircuitOpen,
-    /// The gate refused a retry: the tier's retry budget is spent.
-    Budget,
 }
 
 /// The failure of a retried operation: why it stopped, and the last error if any.

@@ -1,0 +1,112 @@
+//! The walk as a stream of pieces: a streamed model call sends its pieces out as they
+//! come; after a break with text sent, the next call is asked to continue that text
+//! (counted and logged as an interruption, `continued`), and when no model can, the
+//! walk resets (`reset`) and a later tier answers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::events::Event;
+use super::model::{self, ModelClient, UpstreamError};
+use super::{Call, Pipeline, Tier};
+
+/// What a streamed walk has sent so far, across its attempts and tiers.
+#[derive(Default)]
+pub(super) struct Progress {
+    /// The text sent to the clients since the walk began.
+    pub(super) sent: String,
+    pub(super) pieces: u32,
+    /// Calls that wrote some of `sent`.
+    pub(super) writers: u32,
+    /// The tier whose stream broke after text was sent, until the next attempt continues
+    /// it (or the walk gives up and resets).
+    pub(super) interrupted: Option<Tier>,
+}
+
+impl Pipeline {
+    /// One streamed call: its pieces go out as they come. After a break with text sent,
+    /// this call is asked to go on from that text (and says so in the metrics and logs).
+    /// The completion it returns is the whole text sent by the walk.
+    pub(super) async fn stream_call(
+        &self,
+        client: &ModelClient,
+        call: &Call<'_>,
+        time_left: Duration,
+    ) -> Result<model::Completion, UpstreamError> {
+        let continue_from = match call.progress.lock() {
+            Ok(mut p) if !p.sent.is_empty() => {
+                if let Some(tier) = p.interrupted.take() {
+                    self.interruption(call.request_id, tier, p.pieces, "continued");
+                }
+                Some(p.sent.clone())
+            }
+            _ => None,
+        };
+        let mut stream = client
+            .open_stream(
+                call.question,
+                continue_from.as_deref(),
+                client.first_token_timeout.min(time_left),
+                client.stream_idle_timeout,
+            )
+            .await?;
+        let mut wrote = false;
+        loop {
+            let piece = match stream.next_piece().await {
+                Ok(Some(piece)) => piece,
+                Ok(None) => break,
+                Err(e) => {
+                    if let Ok(mut p) = call.progress.lock()
+                        && !p.sent.is_empty()
+                    {
+                        p.interrupted = Some(client.tier);
+                    }
+                    return Err(e);
+                }
+            };
+            let piece: Arc<str> = Arc::from(piece);
+            if let Ok(mut p) = call.progress.lock() {
+                if !wrote {
+                    p.writers = p.writers.saturating_add(1);
+                }
+                p.sent.push_str(&piece);
+                p.pieces = p.pieces.saturating_add(1);
+            }
+            wrote = true;
+            call.out.push(Event::Delta(piece));
+        }
+        if !wrote && continue_from.is_none() {
+            return Err(UpstreamError::invalid("stream ended with no text"));
+        }
+        let text = call
+            .progress
+            .lock()
+            .map(|p| p.sent.clone())
+            .unwrap_or_default();
+        Ok(model::Completion {
+            text,
+            model: client.model.clone(),
+        })
+    }
+
+    /// Counts and logs a stream that broke after text was sent, with what was done.
+    pub(super) fn interruption(
+        &self,
+        request_id: &str,
+        tier: Tier,
+        pieces: u32,
+        action: &'static str,
+    ) {
+        self.metrics
+            .stream_interruptions
+            .with_label_values(&[tier.as_str(), action])
+            .inc();
+        tracing::warn!(
+            request_id,
+            tier = tier.as_str(),
+            pieces_sent = pieces,
+            action,
+            "stream interrupted after text was sent"
+        );
+    }
+}
