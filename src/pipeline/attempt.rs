@@ -9,7 +9,8 @@ use crate::telemetry::Metrics;
 
 impl Pipeline {
     /// One model call (`calling`), measured, counted, logged, and reported to the tier's
-    /// breaker; a call cut off by the deadline (its future dropped) is recorded too.
+    /// breaker; a call cut off by the deadline (its future dropped) is recorded too, by
+    /// the same [`Attempt::record`].
     pub(super) async fn record_attempt(
         &self,
         client: &ModelClient,
@@ -18,59 +19,79 @@ impl Pipeline {
         permit: Permit<'_>,
         calling: impl std::future::Future<Output = Result<model::Completion, UpstreamError>>,
     ) -> Result<model::Completion, UpstreamError> {
-        let tier = client.tier.as_str();
-        let started = std::time::Instant::now();
-        let mut guard = AbandonedAttempt {
+        let mut call = Attempt {
             metrics: &self.metrics,
             stats: &self.stats,
             request_id,
             client,
             attempt,
-            started,
-            done: false,
+            started: std::time::Instant::now(),
+            recorded: false,
         };
         let result = calling.await;
-        guard.done = true;
         match &result {
             Ok(_) => permit.success(),
             // A refused request says nothing of the provider's health.
             Err(e) if e.kind == model::ErrorKind::ClientError => permit.neutral(),
             Err(_) => permit.failure(),
         }
-        let elapsed = started.elapsed();
+        call.record(result.as_ref().err());
+        result
+    }
+}
+
+/// One model call being made. Dropped before it was recorded (its future abandoned at the
+/// request deadline), it records itself as a timeout, so no call goes unrecorded.
+struct Attempt<'a> {
+    metrics: &'a Metrics,
+    stats: &'a Stats,
+    request_id: &'a str,
+    client: &'a ModelClient,
+    attempt: u32,
+    started: std::time::Instant,
+    recorded: bool,
+}
+
+impl Attempt<'_> {
+    /// Counts the call in `qa_upstream_attempts_total` and `qa_upstream_duration_seconds`,
+    /// logs it, and puts a failure in the monitor. `error` is `None` for a success.
+    fn record(&mut self, error: Option<&UpstreamError>) {
+        self.recorded = true;
+        let client = self.client;
+        let tier = client.tier.as_str();
+        let elapsed = self.started.elapsed();
         self.metrics
             .upstream_duration
             .with_label_values(&[tier])
             .observe(elapsed.as_secs_f64());
-        let outcome = match &result {
-            Ok(_) => "success",
-            Err(e) => e.kind.as_str(),
-        };
+        let outcome = error.map_or("success", |e| e.kind.as_str());
         self.metrics
             .upstream_attempts
             .with_label_values(&[tier, &client.model, outcome])
             .inc();
-        match &result {
-            Ok(_) => tracing::info!(
+        let duration_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
+        let attempt = self.attempt;
+        match error {
+            None => tracing::info!(
                 tier,
                 model = %client.model,
                 attempt,
                 outcome,
-                duration_ms = elapsed.as_millis() as u64,
+                duration_ms,
                 "model call"
             ),
-            Err(e) => {
+            Some(e) => {
                 tracing::warn!(
                     tier,
                     model = %client.model,
                     attempt,
                     outcome,
-                    duration_ms = elapsed.as_millis() as u64,
+                    duration_ms,
                     error = %e.message,
                     "model call failed"
                 );
                 self.stats.record_error(
-                    request_id,
+                    self.request_id,
                     client.tier,
                     &client.model,
                     e.kind,
@@ -79,44 +100,14 @@ impl Pipeline {
                 );
             }
         }
-        result
     }
 }
 
-/// Counts a model call cut off by the request deadline (its future dropped mid-flight)
-/// as a timeout, so no call goes unrecorded.
-struct AbandonedAttempt<'a> {
-    metrics: &'a Metrics,
-    stats: &'a Stats,
-    request_id: &'a str,
-    client: &'a ModelClient,
-    attempt: u32,
-    started: std::time::Instant,
-    done: bool,
-}
-
-impl Drop for AbandonedAttempt<'_> {
+impl Drop for Attempt<'_> {
     fn drop(&mut self) {
-        if self.done {
-            return;
+        if !self.recorded {
+            let abandoned = UpstreamError::abandoned();
+            self.record(Some(&abandoned));
         }
-        let tier = self.client.tier.as_str();
-        let kind = model::ErrorKind::Timeout;
-        self.metrics
-            .upstream_duration
-            .with_label_values(&[tier])
-            .observe(self.started.elapsed().as_secs_f64());
-        self.metrics
-            .upstream_attempts
-            .with_label_values(&[tier, &self.client.model, kind.as_str()])
-            .inc();
-        self.stats.record_error(
-            self.request_id,
-            self.client.tier,
-            &self.client.model,
-            kind,
-            "abandoned at the request deadline",
-            self.attempt,
-        );
     }
 }

@@ -42,6 +42,15 @@ impl Transient for UpstreamError {
 }
 
 impl UpstreamError {
+    /// A call abandoned at the request deadline (its future dropped): a `timeout`.
+    pub fn abandoned() -> Self {
+        Self::new(
+            ErrorKind::Timeout,
+            true,
+            "abandoned at the request deadline",
+        )
+    }
+
     /// A response that is not a usable answer (`invalid_response`, transient).
     pub fn invalid(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::InvalidResponse, true, message)

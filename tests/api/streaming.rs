@@ -195,7 +195,12 @@ async fn a_cached_answer_streams_as_one_piece_and_done() {
 #[tokio::test]
 async fn faults_before_the_first_piece_are_invisible() {
     for fault in ["503", "429", "reset", "stall_first"] {
-        let (_r, sim, app) = app_with(script(&[fault]), Behavior::default()).await;
+        let behavior = Behavior {
+            // 429 and 503 ask for a wait, which the retry honours.
+            retry_after: Some("1".into()),
+            ..script(&[fault])
+        };
+        let (_r, sim, app) = app_with(behavior, Behavior::default()).await;
 
         let (_, events) = stream(&app, &format!("before the first piece: {fault}")).await;
 
