@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use deadpool_redis::redis;
 use resilient_qa::config::Config;
+use resilient_qa::pipeline::cache::now_ms;
 use resilient_qa::pipeline::normalize::normalize;
+use serde_json::Value;
 
 use crate::helpers::*;
 
@@ -72,25 +74,25 @@ async fn an_answer_of_another_configuration_still_serves_as_stale() {
     assert_eq!(body["source"], "stale", "{body}");
 }
 
-#[tokio::test]
-async fn a_planted_empty_answer_is_a_miss() {
+/// Plants a value with `answer` and `written_at_ms` at `question`'s key (of this
+/// configuration's fingerprint), asks `question`, and returns the body.
+async fn ask_over_planted(question: &str, answer: &str, written_at_ms: u64) -> Value {
     let redis = Redis::start();
     let sim = healthy_sim().await;
     let config = redis_only(&redis.url(), &sim);
     let value = serde_json::json!({
-        "answer": "", "model": "gpt-4o",
-        "written_at_ms": resilient_qa::pipeline::cache::now_ms(),
+        "answer": answer, "model": "gpt-4o",
+        "written_at_ms": written_at_ms,
         "config": config.answer_fingerprint(),
     });
-    set_raw(
-        &redis,
-        &key_of(&config, "planted empty"),
-        &value.to_string(),
-    )
-    .await;
+    set_raw(&redis, &key_of(&config, question), &value.to_string()).await;
     let app = TestApp::spawn(config).await;
+    app.ask(question).await.1
+}
 
-    let (_, body) = app.ask("planted empty").await;
+#[tokio::test]
+async fn a_planted_empty_answer_is_a_miss() {
+    let body = ask_over_planted("planted empty", "", now_ms()).await;
 
     assert_eq!(body["source"], "primary", "{body}");
     assert!(!body["answer"].as_str().unwrap().is_empty());
@@ -98,23 +100,9 @@ async fn a_planted_empty_answer_is_a_miss() {
 
 #[tokio::test]
 async fn a_value_written_in_the_future_is_a_miss() {
-    let redis = Redis::start();
-    let sim = healthy_sim().await;
-    let config = redis_only(&redis.url(), &sim);
-    let value = serde_json::json!({
-        "answer": "from the future", "model": "gpt-4o",
-        "written_at_ms": resilient_qa::pipeline::cache::now_ms() + 10 * 365 * 86_400_000,
-        "config": config.answer_fingerprint(),
-    });
-    set_raw(
-        &redis,
-        &key_of(&config, "time traveller"),
-        &value.to_string(),
-    )
-    .await;
-    let app = TestApp::spawn(config).await;
+    let ten_years_ms = 10 * 365 * 86_400_000;
 
-    let (_, body) = app.ask("time traveller").await;
+    let body = ask_over_planted("time traveller", "from the future", now_ms() + ten_years_ms).await;
 
     assert_eq!(body["source"], "primary", "{body}");
 }

@@ -319,20 +319,24 @@ async fn time_to_first_token_is_measured_per_source() {
     assert_eq!(app.metric("qa_streams_in_flight").await, 0.0);
 }
 
+/// A service whose primary streams two characters every `interval_ms`.
+async fn slow_primary(interval_ms: u64) -> (Redis, SimServer, TestApp) {
+    let primary = Behavior {
+        stream_piece_chars: Some(2),
+        stream_interval_ms: Some(interval_ms),
+        ..Behavior::default()
+    };
+    let redis = Redis::start();
+    let sim = healthy_sim().await;
+    sim.set_behavior("gpt-4o", primary);
+    let app = TestApp::spawn(config(&redis, &sim)).await;
+    (redis, sim, app)
+}
+
 #[tokio::test]
 async fn fifty_streams_of_one_new_question_make_one_upstream_call_and_a_late_joiner_gets_every_piece()
  {
-    let redis = Redis::start();
-    let sim = healthy_sim().await;
-    sim.set_behavior(
-        "gpt-4o",
-        Behavior {
-            stream_piece_chars: Some(2),
-            stream_interval_ms: Some(20),
-            ..Behavior::default()
-        },
-    );
-    let app = TestApp::spawn(config(&redis, &sim)).await;
+    let (_redis, sim, app) = slow_primary(20).await;
 
     let early = futures_util::future::join_all((0..49).map(|_| stream(&app, "one for all")));
     let late = async {
@@ -352,17 +356,7 @@ async fn fifty_streams_of_one_new_question_make_one_upstream_call_and_a_late_joi
 
 #[tokio::test]
 async fn a_client_that_leaves_mid_stream_does_not_stop_the_answer_reaching_redis() {
-    let redis = Redis::start();
-    let sim = healthy_sim().await;
-    sim.set_behavior(
-        "gpt-4o",
-        Behavior {
-            stream_piece_chars: Some(2),
-            stream_interval_ms: Some(30),
-            ..Behavior::default()
-        },
-    );
-    let app = TestApp::spawn(config(&redis, &sim)).await;
+    let (redis, _sim, app) = slow_primary(30).await;
     let resp = app
         .client
         .post(app.url("/ask"))
