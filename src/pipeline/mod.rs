@@ -259,7 +259,7 @@ impl Pipeline {
         if sent > 0 {
             // Text went out that no model could finish: take it back.
             if let Ok(mut p) = progress.lock()
-                && let Some(tier) = p.interrupted.take()
+                && let Some(tier) = p.unfinished()
             {
                 self.interruption(&request_id, tier, p.pieces, "reset");
             }

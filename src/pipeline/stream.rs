@@ -18,9 +18,24 @@ pub(super) struct Progress {
     pub(super) pieces: u32,
     /// Calls that wrote some of `sent`.
     pub(super) writers: u32,
-    /// The tier whose stream broke after text was sent, until the next attempt continues
-    /// it (or the walk gives up and resets).
+    /// The tier of the last call that wrote some of `sent`.
+    pub(super) last_writer: Option<Tier>,
+    /// A break after text was sent, not yet counted: the tier whose call broke. Counted
+    /// as `continued` once a later call writes on (or finishes the answer), or as `reset`
+    /// when the walk gives up.
     pub(super) interrupted: Option<Tier>,
+}
+
+impl Progress {
+    /// The break to count when the walk gives up on the text sent: the one pending, or
+    /// (for a call cut off by the deadline, which had no chance to say so) the last
+    /// writer's.
+    pub(super) fn unfinished(&mut self) -> Option<Tier> {
+        if self.sent.is_empty() {
+            return None;
+        }
+        self.interrupted.take().or(self.last_writer)
+    }
 }
 
 impl Pipeline {
@@ -34,12 +49,7 @@ impl Pipeline {
         time_left: Duration,
     ) -> Result<model::Completion, UpstreamError> {
         let continue_from = match call.progress.lock() {
-            Ok(mut p) if !p.sent.is_empty() => {
-                if let Some(tier) = p.interrupted.take() {
-                    self.interruption(call.request_id, tier, p.pieces, "continued");
-                }
-                Some(p.sent.clone())
-            }
+            Ok(p) if !p.sent.is_empty() => Some(p.sent.clone()),
             _ => None,
         };
         let mut stream = client
@@ -56,9 +66,9 @@ impl Pipeline {
                 Ok(Some(piece)) => piece,
                 Ok(None) => break,
                 Err(e) => {
-                    if let Ok(mut p) = call.progress.lock()
-                        && !p.sent.is_empty()
-                    {
+                    // A call that broke before writing anything changed nothing: a break
+                    // still pending stays the one to count.
+                    if wrote && let Ok(mut p) = call.progress.lock() {
                         p.interrupted = Some(client.tier);
                     }
                     return Err(e);
@@ -68,6 +78,8 @@ impl Pipeline {
             if let Ok(mut p) = call.progress.lock() {
                 if !wrote {
                     p.writers = p.writers.saturating_add(1);
+                    p.last_writer = Some(client.tier);
+                    self.continued(call.request_id, &mut p);
                 }
                 p.sent.push_str(&piece);
                 p.pieces = p.pieces.saturating_add(1);
@@ -75,8 +87,14 @@ impl Pipeline {
             wrote = true;
             call.out.push(Event::Delta(piece));
         }
-        if !wrote && continue_from.is_none() {
-            return Err(UpstreamError::invalid("stream ended with no text"));
+        if !wrote {
+            if continue_from.is_none() {
+                return Err(UpstreamError::invalid("stream ended with no text"));
+            }
+            // Nothing left to add: the answer was whole when the stream broke.
+            if let Ok(mut p) = call.progress.lock() {
+                self.continued(call.request_id, &mut p);
+            }
         }
         let text = call
             .progress
@@ -87,6 +105,13 @@ impl Pipeline {
             text,
             model: client.model.clone(),
         })
+    }
+
+    /// Counts the pending break, if any, as continued.
+    fn continued(&self, request_id: &str, p: &mut Progress) {
+        if let Some(tier) = p.interrupted.take() {
+            self.interruption(request_id, tier, p.pieces, "continued");
+        }
     }
 
     /// Counts and logs a stream that broke after text was sent, with what was done.

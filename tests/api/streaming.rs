@@ -415,3 +415,20 @@ async fn a_quiet_stream_gets_a_ping_comment_every_15_seconds() {
 
     assert!(pinged, "{seen}");
 }
+
+#[tokio::test]
+async fn a_break_is_counted_once_even_when_the_next_attempt_fails_before_writing() {
+    let (_r, sim, app) = app_with(script(&["cut", "503"]), Behavior::default()).await;
+
+    let (_, events) = stream(&app, "broken, refused, continued").await;
+
+    let done = check(&events);
+    assert_eq!(done["source"], "primary", "{done}");
+    assert_eq!(done["continued"], true);
+    assert_eq!(sim.calls("gpt-4o"), 3);
+    assert_eq!(
+        app.metric(r#"qa_stream_interruptions_total{action="continued",tier="primary"}"#)
+            .await,
+        1.0
+    );
+}
