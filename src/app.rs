@@ -227,10 +227,15 @@ impl App {
         let addr = listener.local_addr()?;
         tracing::info!(%addr, "serving");
 
+        // One grace period for all of shutdown: the drain, then the cache flush in what
+        // is left of it.
+        let signalled = Arc::new(std::sync::OnceLock::<std::time::Instant>::new());
         let on_signal = {
             let state = state.clone();
+            let signalled = signalled.clone();
             async move {
                 shutdown.await;
+                let _ = signalled.set(std::time::Instant::now());
                 state.draining.store(true, Ordering::SeqCst);
                 tracing::info!(
                     grace_secs = grace.as_secs(),
@@ -270,7 +275,8 @@ impl App {
             on_error,
         )
         .await;
-        writer.flush(grace).await;
+        let spent = signalled.get().map_or(Duration::ZERO, |t| t.elapsed());
+        writer.flush(grace.saturating_sub(spent)).await;
         for task in background {
             task.abort();
         }

@@ -626,12 +626,19 @@ fn within(key: &str, value: u64, min: u64, max: u64) -> Result<(), ConfigError> 
 }
 
 fn http_url(key: &str, value: &str) -> Result<(), ConfigError> {
-    let url = reqwest::Url::parse(value)
-        .map_err(|e| key_error(key, format!("not a URL ({value:?}): {e}")))?;
+    let url = reqwest::Url::parse(value).map_err(|e| {
+        key_error(
+            key,
+            format!("not a URL ({:?}): {e}", crate::redact::url(value)),
+        )
+    })?;
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
         return Err(key_error(
             key,
-            format!("must be an http:// or https:// URL with a host (got {value:?})"),
+            format!(
+                "must be an http:// or https:// URL with a host (got {:?})",
+                crate::redact::url(value)
+            ),
         ));
     }
     Ok(())

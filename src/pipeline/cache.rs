@@ -65,10 +65,19 @@ impl RedisFailure {
         if e.kind() == K::AuthenticationFailed || matches!(e.code(), Some("WRONGPASS" | "NOAUTH")) {
             return RedisFailure::AuthFailed(text);
         }
-        let answered = matches!(
+        use redis::ServerErrorKind as S;
+        // A node that cannot serve (a demoted primary, one loading its data, a cluster
+        // without quorum) is unhealthy: the connection is dropped, so the next command
+        // finds the node that can.
+        let not_serving = matches!(
             e.kind(),
-            K::Server(_) | K::Extension | K::UnexpectedReturnType | K::Parse
+            K::Server(S::ReadOnly | S::BusyLoading | S::MasterDown | S::ClusterDown | S::TryAgain)
         );
+        let answered = !not_serving
+            && matches!(
+                e.kind(),
+                K::Server(_) | K::Extension | K::UnexpectedReturnType | K::Parse
+            );
         if answered && !e.is_io_error() && !e.is_connection_dropped() && !e.is_timeout() {
             RedisFailure::Reply(text)
         } else {

@@ -5,17 +5,21 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use super::events::{Event, EventLog, Subscriber};
-use super::{Miss, Mode, Pipeline};
+use std::time::Duration;
 
-/// Identical questions in flight: the event log of the walk answering them.
-pub(super) type Flights = Mutex<HashMap<String, Arc<EventLog>>>;
+use super::events::{Event, EventLog, Subscriber};
+use super::{Miss, Mode, Pipeline, catch_panic};
+
+/// Identical questions in flight, by mode and cache key: the event log of the walk
+/// answering them. Streamed and whole walks are kept apart, so that a stream never waits
+/// on a walk that calls the models whole (and a JSON request never pays for a stream).
+pub(super) type Flights = Mutex<HashMap<(Mode, String), Arc<EventLog>>>;
 
 /// Removes a leader's flight when it ends, however it ends (answer, panic, cancellation),
 /// so that no later request joins a walk that will never finish.
 struct FlightGuard<'a> {
     flights: &'a Flights,
-    key: &'a str,
+    key: &'a (Mode, String),
 }
 
 impl Drop for FlightGuard<'_> {
@@ -32,15 +36,16 @@ impl Pipeline {
     /// that a client that leaves never stops it, and its answer is still cached). Read
     /// the walk through the returned subscriber, from its first event on.
     pub fn start(self: &Arc<Self>, miss: Miss, mode: Mode) -> Subscriber {
+        let flight = (mode, miss.key.clone());
         let producer = match self.flights.lock() {
-            Ok(mut flights) => match flights.get(&miss.key) {
+            Ok(mut flights) => match flights.get(&flight) {
                 Some(log) => {
                     self.metrics.coalesced.inc();
                     return log.subscribe();
                 }
                 None => {
                     let (producer, log) = EventLog::channel();
-                    flights.insert(miss.key.clone(), log);
+                    flights.insert(flight.clone(), log);
                     producer
                 }
             },
@@ -53,12 +58,25 @@ impl Pipeline {
         let span = tracing::info_span!("pipeline", request_id = %miss.request_id);
         tokio::spawn(tracing::Instrument::instrument(
             async move {
-                let key = miss.key.clone();
                 let _flight = FlightGuard {
                     flights: &pipeline.flights,
-                    key: &key,
+                    key: &flight,
                 };
-                let answer = pipeline.walk(miss, mode, &producer).await;
+                let normalized = miss.normalized.clone();
+                let walked = catch_panic(pipeline.walk(miss, mode, &producer), &pipeline.metrics);
+                let answer = match walked.await {
+                    Some(answer) => answer,
+                    // A failure around the model tiers (which guard themselves): take
+                    // back what was sent; the tiers that cannot fail answer.
+                    None => {
+                        if producer.log().has_text() {
+                            producer.push(Event::Reset("the answer broke off"));
+                        }
+                        let answer = pipeline.last_resort(&normalized, None, Duration::ZERO);
+                        producer.push(Event::Delta(answer.text.clone()));
+                        answer
+                    }
+                };
                 producer.push(Event::Done(answer));
             },
             span,

@@ -83,6 +83,17 @@ impl EventLog {
         }
     }
 
+    /// Whether text was sent since the last reset.
+    pub fn has_text(&self) -> bool {
+        self.events.lock().is_ok_and(|events| {
+            events
+                .iter()
+                .rev()
+                .take_while(|e| !matches!(e, Event::Reset(_)))
+                .any(|e| matches!(e, Event::Delta(_)))
+        })
+    }
+
     /// The answer, once the walk is done.
     pub fn done(&self) -> Option<Answer> {
         let events = self.events.lock().ok()?;

@@ -128,7 +128,7 @@ pub struct Miss {
 
 /// How the model tiers are called for a walk: the whole answer at once (JSON `/ask`), or
 /// streamed piece by piece, each piece an event as it comes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Mode {
     Whole,
     Stream,
@@ -161,26 +161,6 @@ impl Pipeline {
             stats,
             request_timeout,
             flights: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// Walks the tiers for `question` (already trimmed and checked) and returns the first
-    /// answer. Never fails.
-    pub async fn answer(self: &Arc<Self>, question: &str, request_id: &Arc<str>) -> Answer {
-        let started = Instant::now();
-        match self.lookup(question, started, request_id).await {
-            Ok(hit) => hit,
-            Err(miss) => {
-                let normalized = miss.normalized.clone();
-                let external = miss.external;
-                match self.start(miss, Mode::Whole).answer().await {
-                    Some(answer) => Answer {
-                        external: external + started.elapsed(),
-                        ..answer
-                    },
-                    None => self.last_resort(&normalized, None, started.elapsed()),
-                }
-            }
         }
     }
 

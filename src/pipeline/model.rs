@@ -296,6 +296,8 @@ pub struct CompletionStream {
     /// Longest quiet between two pieces once the first has come.
     idle: Duration,
     started: bool,
+    /// When the last text came.
+    last_text: tokio::time::Instant,
     /// A choice said `finish_reason`: the stream may end without `[DONE]`.
     finished: bool,
     bytes: usize,
@@ -315,7 +317,13 @@ impl CompletionStream {
         use futures_util::StreamExt;
         loop {
             let next = if self.started {
-                match tokio::time::timeout(self.idle, self.events.next()).await {
+                // Measured from the last text, not the last event: chunks with no text
+                // (keep-alives, usage) do not keep an idle stream alive.
+                let idle_until = self
+                    .last_text
+                    .checked_add(self.idle)
+                    .unwrap_or_else(tokio::time::Instant::now);
+                match tokio::time::timeout_at(idle_until, self.events.next()).await {
                     Ok(n) => n,
                     Err(_) => {
                         return Err(UpstreamError::new(
@@ -404,6 +412,7 @@ impl CompletionStream {
             }
             if !text.is_empty() {
                 self.started = true;
+                self.last_text = tokio::time::Instant::now();
                 return Ok(Some(text));
             }
         }
@@ -588,6 +597,7 @@ impl ModelClient {
             first_token,
             idle,
             started: false,
+            last_text: tokio::time::Instant::now(),
             finished: false,
             bytes: 0,
             max_bytes: self.max_response_bytes,

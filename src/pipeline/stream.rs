@@ -61,6 +61,9 @@ impl Pipeline {
             )
             .await?;
         let mut wrote = false;
+        // White space before the first real text is held back: a call whose answer is
+        // only white space is no answer, and must fail before anything goes out.
+        let mut held = String::new();
         loop {
             let piece = match stream.next_piece().await {
                 Ok(Some(piece)) => piece,
@@ -74,7 +77,16 @@ impl Pipeline {
                     return Err(e);
                 }
             };
-            let piece: Arc<str> = Arc::from(piece);
+            if !wrote && piece.trim().is_empty() {
+                held.push_str(&piece);
+                continue;
+            }
+            let piece: Arc<str> = if held.is_empty() {
+                Arc::from(piece)
+            } else {
+                held.push_str(&piece);
+                Arc::from(std::mem::take(&mut held))
+            };
             if let Ok(mut p) = call.progress.lock() {
                 if !wrote {
                     p.writers = p.writers.saturating_add(1);
@@ -88,13 +100,13 @@ impl Pipeline {
             call.out.push(Event::Delta(piece));
         }
         if !wrote {
-            if continue_from.is_none() {
-                return Err(UpstreamError::invalid("stream ended with no text"));
-            }
-            // Nothing left to add: the answer was whole when the stream broke.
-            if let Ok(mut p) = call.progress.lock() {
-                self.continued(call.request_id, &mut p);
-            }
+            // No text, or only white space: not an answer, nor the rest of one (serving
+            // the text so far as whole could serve, and cache, a truncated answer).
+            return Err(UpstreamError::invalid(if continue_from.is_some() {
+                "the continuation had no text"
+            } else {
+                "stream ended with no text"
+            }));
         }
         let text = call
             .progress

@@ -26,9 +26,18 @@ const JSON: HeaderValue = HeaderValue::from_static("application/json");
 #[derive(Deserialize)]
 pub struct AskRequest {
     pub question: String,
-    /// Answer as server-sent events (as `Accept: text/event-stream` asks too).
-    #[serde(default)]
+    /// Answer as server-sent events when `true` (as `Accept: text/event-stream` asks
+    /// too); any other value, or none, is ignored like an unknown field.
+    #[serde(default, deserialize_with = "only_true")]
     pub stream: bool,
+}
+
+/// `true` for a JSON `true`, `false` for any other value.
+fn only_true<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    Ok(matches!(
+        serde_json::Value::deserialize(d)?,
+        serde_json::Value::Bool(true)
+    ))
 }
 
 /// The `200` answer of `POST /ask`, and the data of a stream's `done` event.
@@ -88,7 +97,7 @@ pub async fn ask(
     let answer = match found {
         Ok(hit) => hit,
         Err(miss) => {
-            let external = miss_external(&miss);
+            let external = miss.external();
             let waited = Instant::now();
             match state.pipeline.start(miss, Mode::Whole).answer().await {
                 Some(answer) => Answer {
@@ -109,15 +118,9 @@ pub async fn ask(
     }
 }
 
-/// Time the lookup spent waiting on Redis.
-fn miss_external(miss: &crate::pipeline::Miss) -> Duration {
-    miss.external()
-}
-
 /// The answer when the walk's task ended without one (a bug around the model tiers,
 /// which guard themselves): the tiers that cannot fail still answer.
 fn walk_failed(state: &AppState, request_id: &str, question: &str, started: Instant) -> Answer {
-    state.metrics.walk_panics.inc();
     tracing::error!(
         request_id,
         "pipeline task failed; answering from canned answers or the default reply"
@@ -197,14 +200,15 @@ mod stream {
         request_id: Arc<str>,
         question: String,
         started: Instant,
-        source: Source,
+        feed: Feed,
         first_delta: Option<Duration>,
         external: Duration,
         waited: Instant,
         finished: bool,
     }
 
-    enum Source {
+    /// Where a stream's events come from: a walk, or a cached answer sent whole.
+    enum Feed {
         Walk(Subscriber),
         Hit(Option<Answer>),
     }
@@ -223,15 +227,15 @@ mod stream {
         found: Result<Answer, Miss>,
     ) -> Response {
         state.metrics.streams_in_flight.inc();
-        let (source, external) = match found {
+        let (feed, external) = match found {
             Ok(hit) => {
                 let external = hit.external;
-                (Source::Hit(Some(hit)), external)
+                (Feed::Hit(Some(hit)), external)
             }
             Err(miss) => {
                 let external = miss.external();
                 (
-                    Source::Walk(state.pipeline.start(miss, Mode::Stream)),
+                    Feed::Walk(state.pipeline.start(miss, Mode::Stream)),
                     external,
                 )
             }
@@ -241,7 +245,7 @@ mod stream {
             request_id,
             question,
             started,
-            source,
+            feed,
             first_delta: None,
             external,
             waited: Instant::now(),
@@ -263,8 +267,8 @@ mod stream {
             if self.finished {
                 return None;
             }
-            let event = match &mut self.source {
-                Source::Hit(hit) => match hit.take() {
+            let event = match &mut self.feed {
+                Feed::Hit(hit) => match hit.take() {
                     Some(answer) => {
                         // A whole answer at once: one piece, then done.
                         let mut out = vec![self.delta(&answer.text)];
@@ -273,7 +277,7 @@ mod stream {
                     }
                     None => return None,
                 },
-                Source::Walk(sub) => sub.next().await,
+                Feed::Walk(sub) => sub.next().await,
             };
             Some(match event {
                 Some(Event::Delta(text)) => vec![self.delta(&text)],

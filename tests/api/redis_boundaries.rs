@@ -337,7 +337,6 @@ async fn writes_refused_by_a_full_redis_are_counted_once_per_answer_and_shown_in
     let (_, ready) = app.get_json("/readyz").await;
     assert_eq!(ready["checks"]["redis"], "up", "{ready}");
     assert_eq!(ready["checks"]["redis_writes"], "failing", "{ready}");
-    assert_eq!(ready["status"], "degraded");
 }
 
 #[tokio::test]

@@ -432,3 +432,24 @@ async fn a_break_is_counted_once_even_when_the_next_attempt_fails_before_writing
         1.0
     );
 }
+
+#[tokio::test]
+async fn a_continuation_with_no_text_is_not_taken_for_the_rest_of_the_answer() {
+    let (redis, _sim, app) = app_with(script(&["cut", "empty"]), Behavior::default()).await;
+    let question = "cut, then nothing";
+
+    let (_, events) = stream(&app, question).await;
+
+    let done = check(&events);
+    let whole = format!(
+        "[gpt-4o] simulated answer to: {}",
+        Config::default()
+            .primary
+            .prompt
+            .replace("{question}", question)
+    );
+    assert_eq!(done["answer"], whole, "{done}");
+    assert_eq!(done["continued"], true);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(redis.keys().await.is_empty());
+}
