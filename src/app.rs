@@ -150,7 +150,7 @@ impl App {
             config.metrics.window_secs,
             config.metrics.error_alert_threshold,
         ));
-        let canned = CannedAnswers::load(&config.canned.file)
+        let canned = CannedAnswers::load(&config.canned.file, config.canned_settings())
             .map_err(|e| BuildError::Setup(format!("canned.file: {e}")))?;
         tracing::info!(answers = canned.entries(), file = %config.canned.file.display(), "canned answers loaded");
         let (cache, writer) = AnswerCache::new(
@@ -299,6 +299,7 @@ pub fn router(state: AppState) -> Router {
         .route("/stats", get(routes::metrics::stats))
         .route("/admin/cache", delete(routes::admin::delete_cache))
         .route("/admin/canned/reload", post(routes::admin::reload_canned))
+        .route("/admin/canned/explain", post(routes::admin::explain_canned))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(CatchPanicLayer::custom(

@@ -7,12 +7,14 @@
 //! layers are merged as TOML values and deserialized once, with unknown keys refused, so a
 //! typo stops start-up with the key's name. `validate()` then refuses impossible values.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use secrecy::SecretString;
+
+use crate::faq::lang::iso_639_1;
 use serde::{Deserialize, Serialize};
 
 /// Where the configuration file is looked for when none is named.
@@ -35,6 +37,9 @@ pub struct Config {
     pub log: LogConfig,
     pub breaker: BreakerConfig,
     pub retry_budget: RetryBudgetConfig,
+    /// The reply when no tier has an answer, by ISO 639-1 language code; the question's
+    /// language is used when present, else `canned.default_language`.
+    pub default_reply: BTreeMap<String, String>,
     /// Bearer token for both model tiers, from `OPENAI_API_KEY` only (never from a file).
     #[serde(skip)]
     pub api_key: Option<SecretString>,
@@ -75,6 +80,9 @@ pub struct TierConfig {
     pub attempt_timeout_ms: u64,
     /// Prompt sent as the user message; `{question}` is replaced by the question.
     pub prompt: String,
+    /// Appended to the prompt when the question is not in `canned.default_language`;
+    /// `{language}` is replaced by the language's English name. Empty: nothing appended.
+    pub language_instruction: String,
     pub temperature: f64,
 }
 
@@ -102,6 +110,13 @@ pub struct RedisConfig {
 #[serde(deny_unknown_fields)]
 pub struct CannedConfig {
     pub file: PathBuf,
+    /// The lowest score, in [0, 1], at which the best entry matches.
+    pub min_score: f64,
+    /// A match at or above this score is answered before the models; unset: never.
+    pub answer_first_score: Option<f64>,
+    /// ISO 639-1 code of the entries' top level and of answers to questions in a
+    /// language the file does not have.
+    pub default_language: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -182,6 +197,7 @@ impl Default for Config {
                 attempt_timeout_ms: 15_000,
                 prompt: "你是一个专业的客服助手。请回答用户的问题。\n\n问题:{question}\n\n回答:"
                     .into(),
+                language_instruction: "\n\nAnswer in {language}, the language of the question.".into(),
                 temperature: 0.0,
             },
             secondary: TierConfig {
@@ -192,6 +208,7 @@ impl Default for Config {
                 max_backoff_ms: 2000,
                 attempt_timeout_ms: 10_000,
                 prompt: "简洁回答:{question}".into(),
+                language_instruction: "\n\nAnswer in {language}, the language of the question.".into(),
                 temperature: 0.0,
             },
             cache: CacheConfig {
@@ -207,6 +224,9 @@ impl Default for Config {
             },
             canned: CannedConfig {
                 file: PathBuf::from("config/canned_answers.toml"),
+                min_score: 0.6,
+                answer_first_score: None,
+                default_language: "zh".into(),
             },
             limits: LimitsConfig {
                 max_question_chars: 2000,
@@ -233,6 +253,16 @@ impl Default for Config {
                 min_per_sec: 5,
                 window_secs: 10,
             },
+            default_reply: BTreeMap::from([
+                (
+                    "zh".to_string(),
+                    crate::pipeline::DEFAULT_REPLY.to_string(),
+                ),
+                (
+                    "en".to_string(),
+                    "Sorry, we cannot handle your request right now. Please try again later or contact a customer service agent.".to_string(),
+                ),
+            ]),
             api_key: None,
             admin_token: None,
         }
@@ -366,11 +396,65 @@ impl Config {
             if !tier.prompt.contains("{question}") {
                 return Err(key_error(&k("prompt"), "must contain `{question}`"));
             }
+            if !tier.language_instruction.is_empty()
+                && !tier.language_instruction.contains("{language}")
+            {
+                return Err(key_error(
+                    &k("language_instruction"),
+                    "must contain `{language}` (or be empty)",
+                ));
+            }
             if !(0.0..=2.0).contains(&tier.temperature) {
                 return Err(key_error(&k("temperature"), "must be between 0 and 2"));
             }
         }
         positive("cache.ttl_secs", self.cache.ttl_secs)?;
+        if !(0.0..=1.0).contains(&self.canned.min_score) {
+            return Err(key_error("canned.min_score", "must be between 0 and 1"));
+        }
+        if let Some(first) = self.canned.answer_first_score
+            && !(self.canned.min_score..=1.0).contains(&first)
+        {
+            return Err(key_error(
+                "canned.answer_first_score",
+                format!(
+                    "must be between canned.min_score ({}) and 1 (got {first})",
+                    self.canned.min_score
+                ),
+            ));
+        }
+        if iso_639_1(&self.canned.default_language).is_none() {
+            return Err(key_error(
+                "canned.default_language",
+                format!(
+                    "must be an ISO 639-1 code such as `zh` or `en` (got {:?})",
+                    self.canned.default_language
+                ),
+            ));
+        }
+        for (code, text) in &self.default_reply {
+            if iso_639_1(code).is_none() {
+                return Err(key_error(
+                    &format!("default_reply.{code}"),
+                    "not an ISO 639-1 language code",
+                ));
+            }
+            if text.trim().is_empty() {
+                return Err(key_error(
+                    &format!("default_reply.{code}"),
+                    "must not be empty",
+                ));
+            }
+        }
+        if !self
+            .default_reply
+            .contains_key(&self.canned.default_language)
+        {
+            return Err(key_error(
+                &format!("default_reply.{}", self.canned.default_language),
+                "the default language (canned.default_language) needs a default reply",
+            ));
+        }
         let url = reqwest::Url::parse(&self.redis.url)
             .map_err(|e| key_error("redis.url", format!("not a URL: {e}")))?;
         if !matches!(url.scheme(), "redis" | "rediss" | "unix" | "redis+unix") {
@@ -421,6 +505,21 @@ impl Config {
 
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.server.request_timeout_ms)
+    }
+
+    /// What the FAQ store needs from `canned.*` and `default_reply` (after `validate`).
+    pub fn canned_settings(&self) -> crate::faq::Settings {
+        crate::faq::Settings {
+            min_score: self.canned.min_score,
+            answer_first_score: self.canned.answer_first_score,
+            default_language: iso_639_1(&self.canned.default_language)
+                .unwrap_or(crate::faq::lang::ZH),
+            default_reply: self
+                .default_reply
+                .iter()
+                .map(|(k, v)| (k.clone(), std::sync::Arc::from(v.trim())))
+                .collect(),
+        }
     }
 }
 

@@ -30,7 +30,7 @@ use crate::stats::Stats;
 use crate::telemetry::Metrics;
 
 use cache::{AnswerCache, CachedAnswer};
-use canned::CannedAnswers;
+use canned::{CannedAnswers, Lookup};
 use model::{ModelClient, UpstreamError};
 
 /// The reply when every other tier has nothing.
@@ -189,12 +189,32 @@ pub struct Answer {
     /// Time spent waiting on others (model calls, Redis, an identical request in
     /// flight): the request's duration minus this is the service's own overhead.
     pub external: Duration,
+    /// For a canned answer: the entry that matched.
+    pub canned: Option<CannedMatch>,
+}
+
+/// The canned entry behind an answer.
+#[derive(Debug, Clone)]
+pub struct CannedMatch {
+    /// The entry's question, in the answer's language.
+    pub question: Arc<str>,
+    /// In `[0, 1]`.
+    pub score: f64,
+    /// Answered before the models (`canned.answer_first_score`): not degraded.
+    pub before_models: bool,
+}
+
+impl Answer {
+    /// Whether the answer is less than the best the service can give: a canned answer
+    /// given before the models, on a sure match, is not.
+    pub fn degraded(&self) -> bool {
+        self.source.degraded() && !self.canned.as_ref().is_some_and(|c| c.before_models)
+    }
 }
 
 /// A question the fresh cache did not have, with what the rest of the walk needs.
 pub struct Miss {
     question: String,
-    normalized: String,
     key: String,
     stale: Option<CachedAnswer>,
     deadline: Instant,
@@ -277,10 +297,10 @@ impl Pipeline {
                 source: Source::Cache,
                 model: Some(hit.model),
                 external,
+                canned: None,
             }),
             None => Err(Miss {
                 question: question.to_string(),
-                normalized,
                 key,
                 stale: found.stale,
                 deadline,
@@ -293,7 +313,6 @@ impl Pipeline {
     pub async fn resolve(&self, miss: Miss) -> Answer {
         let Miss {
             question,
-            normalized,
             key,
             stale,
             deadline,
@@ -340,14 +359,7 @@ impl Pipeline {
             )),
         };
         let answer = self
-            .walk(
-                question,
-                &normalized,
-                key.clone(),
-                stale,
-                deadline,
-                external,
-            )
+            .walk(question, key.clone(), stale, deadline, external)
             .await;
         if let Some((tx, _guard)) = leader {
             let _ = tx.send(Some(answer.clone()));
@@ -359,15 +371,24 @@ impl Pipeline {
     async fn walk(
         &self,
         question: &str,
-        normalized: &str,
         key: String,
         stale: Option<CachedAnswer>,
         deadline: Instant,
         mut external: Duration,
     ) -> Answer {
+        // Matching takes microseconds: done once, before the models when a sure match
+        // may answer first, and its language tells the models which one to answer in.
+        let lookup = self.canned_lookup(question);
+        if let Some(m) = lookup.matched()
+            && self.canned.answer_first(m)
+        {
+            return canned_answer(m, true, external);
+        }
+        let language =
+            (lookup.language != self.canned.settings.default_language).then_some(lookup.language);
         for slot in &self.tiers {
             let started = Instant::now();
-            let answer = self.try_tier(slot, question, deadline).await;
+            let answer = self.try_tier(slot, question, language, deadline).await;
             external += started.elapsed();
             if let Some(mut answer) = answer {
                 let entry = CachedAnswer {
@@ -381,13 +402,8 @@ impl Pipeline {
             }
         }
 
-        if let Some(text) = self.canned.get(normalized) {
-            return Answer {
-                text,
-                source: Source::Canned,
-                model: None,
-                external,
-            };
+        if let Some(m) = lookup.matched() {
+            return canned_answer(m, false, external);
         }
         if let Some(stale) = stale {
             return Answer {
@@ -395,19 +411,41 @@ impl Pipeline {
                 source: Source::Stale,
                 model: Some(stale.model),
                 external,
+                canned: None,
             };
         }
         Answer {
-            text: Arc::from(DEFAULT_REPLY),
+            text: self.canned.default_reply(lookup.language),
             source: Source::Default,
             model: None,
             external,
+            canned: None,
         }
+    }
+
+    /// Matches the question against the canned answers, counted in
+    /// `qa_canned_matches_total` and `qa_canned_match_score`.
+    pub fn canned_lookup(&self, question: &str) -> Lookup {
+        let lookup = self.canned.lookup(question);
+        self.metrics
+            .canned_matches
+            .with_label_values(&[lookup.result().as_str()])
+            .inc();
+        if let Some(best) = &lookup.best {
+            self.metrics.canned_match_score.observe(best.score);
+        }
+        lookup
     }
 
     /// One model tier with its retries; `None` when it gives no answer (recorded as a
     /// fallback with its reason).
-    async fn try_tier(&self, slot: &TierSlot, question: &str, deadline: Instant) -> Option<Answer> {
+    async fn try_tier(
+        &self,
+        slot: &TierSlot,
+        question: &str,
+        language: Option<&str>,
+        deadline: Instant,
+    ) -> Option<Answer> {
         let guarded = match slot {
             TierSlot::Configured(g) => g,
             TierSlot::NotConfigured { tier, .. } => {
@@ -435,7 +473,9 @@ impl Pipeline {
             &client.retry,
             deadline,
             gate,
-            |attempt, time_left, permit| self.attempt(client, question, attempt, time_left, permit),
+            |attempt, time_left, permit| {
+                self.attempt(client, question, language, attempt, time_left, permit)
+            },
         )
         .await;
         match result {
@@ -444,6 +484,7 @@ impl Pipeline {
                 source: client.tier.source(),
                 model: Some(Arc::from(c.model)),
                 external: Duration::ZERO,
+                canned: None,
             }),
             Err(e) => {
                 let reason = FallbackReason::from(e.give_up);
@@ -465,6 +506,7 @@ impl Pipeline {
         &self,
         client: &ModelClient,
         question: &str,
+        language: Option<&str>,
         attempt: u32,
         time_left: Duration,
         permit: Permit<'_>,
@@ -480,7 +522,7 @@ impl Pipeline {
             started,
             done: false,
         };
-        let result = client.complete(question, timeout).await;
+        let result = client.complete(question, language, timeout).await;
         guard.done = true;
         match &result {
             Ok(_) => permit.success(),
@@ -534,6 +576,21 @@ impl Pipeline {
             .inc();
     }
 }
+/// The answer of a matched canned entry.
+fn canned_answer(m: &canned::Candidate, before_models: bool, external: Duration) -> Answer {
+    Answer {
+        text: m.answer.clone(),
+        source: Source::Canned,
+        model: None,
+        external,
+        canned: Some(CannedMatch {
+            question: m.question.clone(),
+            score: m.score,
+            before_models,
+        }),
+    }
+}
+
 /// Counts a model call cut off by the request deadline (its future dropped mid-flight)
 /// as a timeout, so no call goes unrecorded.
 struct AbandonedAttempt<'a> {

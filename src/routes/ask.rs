@@ -4,7 +4,6 @@
 //! model call whose answer will be cached, and a panic in the pipeline still ends in an
 //! answer.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Extension;
@@ -18,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::app::AppState;
 use crate::error::ApiError;
 use crate::middleware::RequestId;
-use crate::pipeline::{Answer, DEFAULT_REPLY, Source};
+use crate::pipeline::{Answer, Source};
 
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
 
@@ -37,6 +36,18 @@ pub struct AskResponse<'a> {
     pub degraded: bool,
     pub latency_ms: f64,
     pub request_id: &'a str,
+    /// For a canned answer: the entry that matched and its score.
+    #[serde(rename = "match", skip_serializing_if = "Option::is_none")]
+    pub matched: Option<MatchBody<'a>>,
+}
+
+/// The `match` of a canned answer.
+#[derive(Serialize)]
+pub struct MatchBody<'a> {
+    /// The entry's question, in the answer's language.
+    pub question: &'a str,
+    /// In `[0, 1]`, rounded to three decimals.
+    pub score: f64,
 }
 
 pub async fn ask(
@@ -78,11 +89,13 @@ pub async fn ask(
                         error = %e,
                         "pipeline task failed; answering with the default reply"
                     );
+                    let canned = &state.pipeline.canned;
                     Answer {
-                        text: Arc::from(DEFAULT_REPLY),
+                        text: canned.default_reply(canned.faq().language_of(&question)),
                         source: Source::Default,
                         model: None,
                         external: Duration::ZERO,
+                        canned: None,
                     }
                 }
             }
@@ -115,9 +128,13 @@ pub async fn ask(
         answer: &answer.text,
         source: answer.source.as_str(),
         model: answer.model.as_deref(),
-        degraded: answer.source.degraded(),
+        degraded: answer.degraded(),
         latency_ms: (elapsed.as_secs_f64() * 1_000_000.0).round() / 1000.0,
         request_id: &request_id,
+        matched: answer.canned.as_ref().map(|c| MatchBody {
+            question: &c.question,
+            score: (c.score * 1000.0).round() / 1000.0,
+        }),
     };
     // Sized up front: axum's Json starts small and grows, copying the answer each time.
     let mut buf = Vec::with_capacity(answer.text.len() * 2 + 160);

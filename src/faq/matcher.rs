@@ -1,0 +1,272 @@
+//! Scoring a question against the FAQ entries.
+//!
+//! Each entry is indexed per language by its phrasings (question and aliases), each
+//! phrasing analyzed into terms ([`analyze`](super::analyze)). A term's weight is BM25's
+//! inverse document frequency over entries (Robertson & Zaragoza, "The Probabilistic
+//! Relevance Framework: BM25 and Beyond", 2009), `ln(1 + (N - n + 0.5) / (n + 0.5))`,
+//! with term frequency saturated at one: phrasings are a few words long. The score of an
+//! entry is ours, calibrated on the kinds of questions customers send:
+//!
+//! - coverage of the question, `P`: the weight of the question's terms that the entry
+//!   uses (in any phrasing) over the weight of all its terms. Terms no entry uses count
+//!   [`UNKNOWN_WEIGHT`] (a product name, an order detail), foreign topics
+//!   [`FOREIGN_WEIGHT`] (a question about shipping fees that mentions returns);
+//! - coverage of the entry, `R`: for the entry's best phrasing, the weight of its terms
+//!   the question has over the weight of all of them;
+//! - score `= P^0.6 * R^0.4`, capped at [`MAX_FUZZY_SCORE`]: only the question or an
+//!   alias itself (same key once normalized, simplified and stripped of punctuation)
+//!   scores 1.
+//!
+//! English words no entry uses are tried once more as typos: one deleted, inserted,
+//! substituted or swapped letter (the symmetric-delete idea of SymSpell).
+
+use std::collections::HashMap;
+
+use super::analyze::Analyzer;
+
+/// Weight of a question term that no entry uses.
+pub const UNKNOWN_WEIGHT: f32 = 0.6;
+/// Weight of a foreign topic (`!运费`) that no entry uses.
+pub const FOREIGN_WEIGHT: f32 = 8.0;
+/// The highest score of a question that is not an entry's question or alias.
+pub const MAX_FUZZY_SCORE: f64 = 0.99;
+
+/// One phrasing to index: the entry it belongs to (an index into the caller's entries)
+/// and its text.
+pub struct Phrasing<'a> {
+    pub entry: usize,
+    pub text: &'a str,
+}
+
+/// An entry's score for a question.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Scored {
+    /// Index of the entry, as given in [`Phrasing::entry`].
+    pub entry: usize,
+    /// In `[0, 1]`; 1 only for an exact question or alias.
+    pub score: f64,
+}
+
+struct IndexedEntry {
+    /// Sorted term ids used by any phrasing.
+    union: Vec<u32>,
+    /// Per phrasing: sorted term ids and their total weight.
+    phrasings: Vec<(Vec<u32>, f32)>,
+}
+
+/// The index of one language's phrasings.
+pub struct Matcher {
+    exact: HashMap<String, usize>,
+    term_ids: HashMap<String, u32>,
+    idf: Vec<f32>,
+    postings: Vec<Vec<u32>>,
+    entries: HashMap<usize, IndexedEntry>,
+    /// Every one-letter deletion of an English term -> the term.
+    deletes: HashMap<String, u32>,
+}
+
+impl Matcher {
+    /// Indexes `phrasings` with `analyzer`.
+    pub fn build<'a>(
+        analyzer: &Analyzer,
+        phrasings: impl IntoIterator<Item = Phrasing<'a>>,
+    ) -> Matcher {
+        let mut exact = HashMap::new();
+        let mut term_ids: HashMap<String, u32> = HashMap::new();
+        let mut raw: HashMap<usize, Vec<Vec<u32>>> = HashMap::new();
+        for p in phrasings {
+            exact.entry(analyzer.exact_key(p.text)).or_insert(p.entry);
+            let mut ids: Vec<u32> = analyzer
+                .terms(p.text)
+                .into_iter()
+                .map(|t| {
+                    let next = term_ids.len() as u32;
+                    *term_ids.entry(t).or_insert(next)
+                })
+                .collect();
+            ids.sort_unstable();
+            ids.dedup();
+            raw.entry(p.entry).or_default().push(ids);
+        }
+        let mut postings: Vec<Vec<u32>> = vec![Vec::new(); term_ids.len()];
+        let mut unions: HashMap<usize, Vec<u32>> = HashMap::new();
+        for (entry, list) in &raw {
+            let mut union: Vec<u32> = list.iter().flatten().copied().collect();
+            union.sort_unstable();
+            union.dedup();
+            for t in &union {
+                if let Some(p) = postings.get_mut(*t as usize) {
+                    p.push(*entry as u32);
+                }
+            }
+            unions.insert(*entry, union);
+        }
+        let n = raw.len() as f32;
+        let idf: Vec<f32> = postings
+            .iter()
+            .map(|p| {
+                let df = p.len() as f32;
+                (1.0 + (n - df + 0.5) / (df + 0.5)).ln()
+            })
+            .collect();
+        let weight = |ids: &[u32]| -> f32 { ids.iter().map(|t| idf[*t as usize]).sum() };
+        let entries = raw
+            .into_iter()
+            .map(|(entry, list)| {
+                let phrasings = list
+                    .into_iter()
+                    .map(|ids| {
+                        let w = weight(&ids);
+                        (ids, w)
+                    })
+                    .collect();
+                let union = unions.remove(&entry).unwrap_or_default();
+                (entry, IndexedEntry { union, phrasings })
+            })
+            .collect();
+        let mut deletes = HashMap::new();
+        for (term, id) in &term_ids {
+            if term.len() >= 4 && term.chars().all(|c| c.is_ascii_lowercase()) {
+                for d in one_deletions(term) {
+                    deletes.entry(d).or_insert(*id);
+                }
+            }
+        }
+        Matcher {
+            exact,
+            term_ids,
+            idf,
+            postings,
+            entries,
+            deletes,
+        }
+    }
+
+    /// Entries indexed.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether no entry is indexed.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Every entry that shares a term with `question` (or is it), best first.
+    pub fn rank(&self, analyzer: &Analyzer, question: &str) -> Vec<Scored> {
+        if let Some(entry) = self.exact.get(&analyzer.exact_key(question)) {
+            let mut ranked = vec![Scored {
+                entry: *entry,
+                score: 1.0,
+            }];
+            ranked.extend(
+                self.fuzzy(analyzer, question)
+                    .into_iter()
+                    .filter(|s| s.entry != *entry),
+            );
+            return ranked;
+        }
+        self.fuzzy(analyzer, question)
+    }
+
+    /// The best entry, if any scores above zero.
+    pub fn best(&self, analyzer: &Analyzer, question: &str) -> Option<Scored> {
+        if let Some(entry) = self.exact.get(&analyzer.exact_key(question)) {
+            return Some(Scored {
+                entry: *entry,
+                score: 1.0,
+            });
+        }
+        self.fuzzy(analyzer, question).into_iter().next()
+    }
+
+    fn fuzzy(&self, analyzer: &Analyzer, question: &str) -> Vec<Scored> {
+        let terms = analyzer.terms(question);
+        let mut known: Vec<u32> = Vec::with_capacity(terms.len());
+        let mut mass = 0.0f32;
+        for t in &terms {
+            match self.lookup(t) {
+                Some(id) => {
+                    if !known.contains(&id) {
+                        known.push(id);
+                        mass += self.idf[id as usize];
+                    }
+                }
+                None if t.starts_with('!') => mass += FOREIGN_WEIGHT,
+                None => mass += UNKNOWN_WEIGHT,
+            }
+        }
+        if known.is_empty() || mass <= 0.0 {
+            return Vec::new();
+        }
+        // Coverage of the question, per candidate entry.
+        let mut covered: HashMap<u32, f32> = HashMap::new();
+        for id in &known {
+            let w = self.idf[*id as usize];
+            for e in &self.postings[*id as usize] {
+                *covered.entry(*e).or_insert(0.0) += w;
+            }
+        }
+        let mut out: Vec<Scored> = covered
+            .into_iter()
+            .filter_map(|(entry, matched)| {
+                let e = self.entries.get(&(entry as usize))?;
+                debug_assert!(e.union.iter().any(|t| known.contains(t)));
+                let p = f64::from(matched / mass).min(1.0);
+                let r = e
+                    .phrasings
+                    .iter()
+                    .filter(|(_, w)| *w > 0.0)
+                    .map(|(ids, w)| {
+                        let hit: f32 = ids
+                            .iter()
+                            .filter(|t| known.contains(t))
+                            .map(|t| self.idf[*t as usize])
+                            .sum();
+                        f64::from(hit / w)
+                    })
+                    .fold(0.0f64, f64::max)
+                    .min(1.0);
+                let score = (p.powf(0.6) * r.powf(0.4)).clamp(0.0, MAX_FUZZY_SCORE);
+                Some(Scored {
+                    entry: entry as usize,
+                    score,
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.entry.cmp(&b.entry)));
+        out
+    }
+
+    fn lookup(&self, term: &str) -> Option<u32> {
+        if let Some(id) = self.term_ids.get(term) {
+            return Some(*id);
+        }
+        if term.len() < 4 || !term.chars().all(|c| c.is_ascii_lowercase()) {
+            return None;
+        }
+        // A typo: the term with one letter deleted is a term (an inserted letter), the
+        // term is a term with one letter deleted (a deleted letter), or both lose one
+        // letter alike (a substituted or, nearly, a swapped letter).
+        if let Some(id) = self.deletes.get(term) {
+            return Some(*id);
+        }
+        one_deletions(term).into_iter().find_map(|d| {
+            self.term_ids
+                .get(&d)
+                .or_else(|| self.deletes.get(&d))
+                .copied()
+        })
+    }
+}
+
+fn one_deletions(word: &str) -> Vec<String> {
+    (0..word.len())
+        .map(|i| {
+            let mut s = String::with_capacity(word.len() - 1);
+            s.push_str(&word[..i]);
+            s.push_str(&word[i + 1..]);
+            s
+        })
+        .collect()
+}
