@@ -822,4 +822,49 @@ mod tests {
         let c = Config::from_layers(None, &env(&[("OPENAI_API_KEY", "sk-secret-123")])).unwrap();
         assert!(!format!("{c:?}").contains("sk-secret-123"));
     }
+    #[test]
+    fn canned_scores_are_validated_by_key() {
+        let low = Config::from_layers(None, &env(&[("QA__CANNED__MIN_SCORE", "1.5")]))
+            .unwrap_err()
+            .to_string();
+        let first = Config::from_layers(
+            None,
+            &env(&[
+                ("QA__CANNED__MIN_SCORE", "0.7"),
+                ("QA__CANNED__ANSWER_FIRST_SCORE", "0.5"),
+            ]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(low.contains("canned.min_score"), "{low}");
+        assert!(first.contains("canned.answer_first_score"), "{first}");
+    }
+
+    #[test]
+    fn answer_first_is_off_by_default_and_set_from_the_environment() {
+        let off = Config::from_layers(None, &env(&[])).unwrap();
+        let on =
+            Config::from_layers(None, &env(&[("QA__CANNED__ANSWER_FIRST_SCORE", "0.9")])).unwrap();
+        assert_eq!(off.canned.answer_first_score, None);
+        assert_eq!(on.canned.answer_first_score, Some(0.9));
+    }
+
+    #[test]
+    fn default_language_must_be_an_iso_code_with_a_default_reply() {
+        let bad = Config::from_layers(None, &env(&[("QA__CANNED__DEFAULT_LANGUAGE", "chinese")]))
+            .unwrap_err()
+            .to_string();
+        let no_reply = Config::from_layers(None, &env(&[("QA__CANNED__DEFAULT_LANGUAGE", "fr")]))
+            .unwrap_err()
+            .to_string();
+        assert!(bad.contains("canned.default_language"), "{bad}");
+        assert!(no_reply.contains("default_reply.fr"), "{no_reply}");
+    }
+
+    #[test]
+    fn default_reply_per_language_ships_zh_and_en_and_is_overridable() {
+        let c = Config::from_layers(None, &env(&[("QA__DEFAULT_REPLY__EN", "Sorry!")])).unwrap();
+        assert_eq!(c.default_reply["zh"], crate::pipeline::DEFAULT_REPLY);
+        assert_eq!(c.default_reply["en"], "Sorry!");
+    }
 }

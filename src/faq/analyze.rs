@@ -31,6 +31,8 @@ pub struct Analyzer {
     concepts: HashMap<String, Vec<&'static str>>,
     stop: HashSet<String>,
     foreign: HashSet<String>,
+    /// Every one-letter deletion of an English concept word -> the word, for typos.
+    deletes: HashMap<String, String>,
 }
 
 impl Default for Analyzer {
@@ -76,12 +78,21 @@ impl Analyzer {
         for w in FOREIGN {
             foreign.insert(key(w, &mut jieba));
         }
+        let mut deletes = HashMap::new();
+        for k in concepts.keys() {
+            if k.len() >= TYPO_MIN_LEN && k.chars().all(|c| c.is_ascii_lowercase()) {
+                for d in one_deletions(k) {
+                    deletes.entry(d).or_insert_with(|| k.clone());
+                }
+            }
+        }
         Analyzer {
             jieba,
             stemmer,
             concepts,
             stop,
             foreign,
+            deletes,
         }
     }
 
@@ -157,7 +168,7 @@ impl Analyzer {
         if w.trim().is_empty() || self.stop.contains(w) {
             return;
         }
-        if let Some(concepts) = self.concepts.get(w) {
+        if let Some(concepts) = self.concepts.get(w).or_else(|| self.typo(w)) {
             for c in concepts {
                 push((*c).to_string(), out);
             }
@@ -167,6 +178,43 @@ impl Analyzer {
             push(w.to_string(), out);
         }
     }
+
+    /// The concepts of the English word `w` is one typo away from: a letter deleted,
+    /// inserted, substituted or (nearly) two swapped. Words under [`TYPO_MIN_LEN`]
+    /// letters are left alone: `shop` is not a typo of `ship`.
+    fn typo(&self, w: &str) -> Option<&Vec<&'static str>> {
+        if w.len() < TYPO_MIN_LEN
+            || !w.chars().all(|c| c.is_ascii_lowercase())
+            || self.foreign.contains(w)
+        {
+            return None;
+        }
+        let word = self.deletes.get(w).or_else(|| {
+            one_deletions(w).into_iter().find_map(|d| {
+                self.concepts
+                    .get_key_value(&d)
+                    .map(|(k, _)| k)
+                    .or_else(|| self.deletes.get(&d))
+            })
+        })?;
+        self.concepts.get(word)
+    }
+}
+
+/// The shortest English word (stem) corrected as a typo.
+pub const TYPO_MIN_LEN: usize = 5;
+
+/// `word` (ASCII) with each of its letters deleted in turn.
+pub fn one_deletions(word: &str) -> Vec<String> {
+    (0..word.len())
+        .filter(|i| word.is_char_boundary(*i) && word.is_char_boundary(i + 1))
+        .map(|i| {
+            let mut s = String::with_capacity(word.len());
+            s.push_str(&word[..i]);
+            s.push_str(&word[i + 1..]);
+            s
+        })
+        .collect()
 }
 
 /// Traditional characters replaced by simplified ones (`退貨` -> `退货`); text without
@@ -180,6 +228,7 @@ pub fn simplified(text: &str) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -17,12 +17,13 @@
 //!   alias itself (same key once normalized, simplified and stripped of punctuation)
 //!   scores 1.
 //!
-//! English words no entry uses are tried once more as typos: one deleted, inserted,
-//! substituted or swapped letter (the symmetric-delete idea of SymSpell).
+//! English words no entry uses are tried once more as typos of the entries' words (and
+//! the analyzer does the same for the lexicon's): one deleted, inserted, substituted or
+//! swapped letter, found by the symmetric-delete idea of SymSpell (Garbe, 2012).
 
 use std::collections::HashMap;
 
-use super::analyze::Analyzer;
+use super::analyze::{Analyzer, one_deletions};
 
 /// Weight of a question term that no entry uses.
 pub const UNKNOWN_WEIGHT: f32 = 0.6;
@@ -260,13 +261,98 @@ impl Matcher {
     }
 }
 
-fn one_deletions(word: &str) -> Vec<String> {
-    (0..word.len())
-        .map(|i| {
-            let mut s = String::with_capacity(word.len() - 1);
-            s.push_str(&word[..i]);
-            s.push_str(&word[i + 1..]);
-            s
-        })
-        .collect()
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::faq::analyze::analyzer;
+
+    fn matcher() -> Matcher {
+        let phrasings = [
+            (0, "如何退货?"),
+            (0, "退货流程"),
+            (1, "如何申请退款?"),
+            (2, "退款多久到账?"),
+            (3, "How do I cancel an order?"),
+        ];
+        Matcher::build(
+            analyzer(),
+            phrasings.iter().map(|(entry, text)| Phrasing {
+                entry: *entry,
+                text,
+            }),
+        )
+    }
+
+    #[test]
+    fn an_alias_once_normalized_scores_one() {
+        let best = matcher().best(analyzer(), "  退貨流程！").unwrap();
+        assert_eq!(
+            best,
+            Scored {
+                entry: 0,
+                score: 1.0
+            }
+        );
+    }
+
+    #[test]
+    fn a_paraphrase_scores_under_one_for_the_right_entry() {
+        let best = matcher().best(analyzer(), "退款一般几天能到账啊").unwrap();
+        assert_eq!(best.entry, 2);
+        assert!(best.score < 1.0 && best.score > 0.6, "{best:?}");
+    }
+
+    #[test]
+    fn a_foreign_topic_lowers_the_score() {
+        let m = matcher();
+        let plain = m.best(analyzer(), "退货怎么弄").unwrap();
+        let fee = m.best(analyzer(), "退货运费怎么弄").unwrap();
+        assert!(fee.score < plain.score - 0.2, "{plain:?} {fee:?}");
+    }
+
+    #[test]
+    fn an_english_typo_still_finds_its_word() {
+        let m = matcher();
+        let typo = m.best(analyzer(), "how do i cancle an order").unwrap();
+        assert_eq!(typo.entry, 3);
+        assert!(typo.score > 0.6, "{typo:?}");
+    }
+
+    #[test]
+    fn padding_alone_matches_nothing() {
+        assert_eq!(matcher().best(analyzer(), "你好 在吗 亲"), None);
+    }
+
+    #[test]
+    fn rank_is_best_first() {
+        let ranked = matcher().rank(analyzer(), "退货以后退款多久到账");
+        assert!(
+            ranked.windows(2).all(|w| w[0].score >= w[1].score),
+            "{ranked:?}"
+        );
+        assert_eq!(ranked.first().map(|s| s.entry), Some(2));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn any_input_scores_in_the_unit_interval_without_panicking(q in "\\PC{0,60}") {
+            let m = matcher();
+            for s in m.rank(analyzer(), &q) {
+                prop_assert!((0.0..=1.0).contains(&s.score), "{s:?}");
+            }
+        }
+
+        #[test]
+        fn mixed_scripts_score_in_the_unit_interval(q in "[退货款如何到账 a-zA-Z0-9?？！,。]{0,40}") {
+            let m = matcher();
+            if let Some(s) = m.best(analyzer(), &q) {
+                prop_assert!((0.0..=1.0).contains(&s.score), "{s:?}");
+            }
+        }
+    }
 }

@@ -483,3 +483,67 @@ impl Lookup {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Faq, String> {
+        Faq::parse(text, lang::ZH)
+    }
+
+    #[test]
+    fn the_shipped_file_loads_with_english_for_every_entry() {
+        let faq = Faq::load(Path::new("config/canned_answers.toml"), lang::ZH);
+        let faq = match faq {
+            Ok(f) => f,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(faq.len(), 16);
+        for e in faq.entries() {
+            let en = e.variants.get(lang::EN);
+            assert!(en.is_some_and(|v| !v.aliases.is_empty()), "{e:?}");
+        }
+    }
+
+    #[test]
+    fn a_question_repeated_in_another_entry_is_refused() {
+        let err = parse(
+            "[[answers]]\nquestion = \"a?\"\nanswer = \"x\"\n[[answers]]\nquestion = \"b\"\nanswer = \"y\"\naliases = [\"A\"]\n",
+        )
+        .err()
+        .unwrap_or_default();
+        assert!(err.contains("entry 2") && err.contains("entry 1"), "{err}");
+    }
+
+    #[test]
+    fn the_same_alias_twice_in_one_entry_is_fine() {
+        assert!(
+            parse("[[answers]]\nquestion = \"a?\"\nanswer = \"x\"\naliases = [\"a\", \"a!\"]\n")
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn a_table_for_the_default_language_is_refused() {
+        let err = parse("[[answers]]\nquestion = \"a\"\nanswer = \"x\"\n[answers.zh]\nquestion = \"b\"\nanswer = \"y\"\n")
+            .err()
+            .unwrap_or_default();
+        assert!(err.contains("default language"), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_key_in_an_entry_is_refused_by_name() {
+        let err = parse("[[answers]]\nquestion = \"a\"\nanswer = \"x\"\nalias = [\"b\"]\n")
+            .err()
+            .unwrap_or_default();
+        assert!(err.contains("`alias`") && err.contains("entry 1"), "{err}");
+    }
+
+    #[test]
+    fn an_empty_file_needs_allow_empty() {
+        assert!(parse("").is_err());
+        assert!(parse("allow_empty = true").is_ok_and(|f| f.is_empty()));
+    }
+}

@@ -8,6 +8,7 @@ mod ask;
 mod cache;
 mod deadline;
 mod errors;
+mod faq;
 mod fuzz;
 mod helpers;
 mod metrics;
