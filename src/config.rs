@@ -224,7 +224,7 @@ impl Default for Config {
             },
             canned: CannedConfig {
                 file: PathBuf::from("config/canned_answers.toml"),
-                min_score: 0.6,
+                min_score: 0.65,
                 answer_first_score: None,
                 default_language: "zh".into(),
             },
