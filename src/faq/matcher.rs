@@ -57,8 +57,6 @@ pub struct Scored {
 }
 
 struct IndexedEntry {
-    /// Sorted term ids used by any phrasing.
-    union: Vec<u32>,
     /// Per phrasing: sorted term ids and their total weight.
     phrasings: Vec<(Vec<u32>, f32)>,
 }
@@ -69,7 +67,8 @@ pub struct Matcher {
     term_ids: HashMap<String, u32>,
     idf: Vec<f32>,
     postings: Vec<Vec<u32>>,
-    entries: HashMap<usize, IndexedEntry>,
+    /// Indexed entries; postings hold positions in this list.
+    slots: Vec<(usize, IndexedEntry)>,
     /// Every one-letter deletion of an English term -> the term.
     deletes: HashMap<String, u32>,
     /// The id of `@when`, if an entry uses it.
@@ -99,18 +98,19 @@ impl Matcher {
             ids.dedup();
             raw.entry(p.entry).or_default().push(ids);
         }
+        // Entries in a fixed order (their index), so that ties break the same way.
+        let mut raw: Vec<(usize, Vec<Vec<u32>>)> = raw.into_iter().collect();
+        raw.sort_by_key(|(entry, _)| *entry);
         let mut postings: Vec<Vec<u32>> = vec![Vec::new(); term_ids.len()];
-        let mut unions: HashMap<usize, Vec<u32>> = HashMap::new();
-        for (entry, list) in &raw {
+        for (slot, (_, list)) in raw.iter().enumerate() {
             let mut union: Vec<u32> = list.iter().flatten().copied().collect();
             union.sort_unstable();
             union.dedup();
             for t in &union {
                 if let Some(p) = postings.get_mut(*t as usize) {
-                    p.push(*entry as u32);
+                    p.push(slot as u32);
                 }
             }
-            unions.insert(*entry, union);
         }
         let n = raw.len() as f32;
         let idf: Vec<f32> = postings
@@ -121,7 +121,7 @@ impl Matcher {
             })
             .collect();
         let weight = |ids: &[u32]| -> f32 { ids.iter().map(|t| idf[*t as usize]).sum() };
-        let entries = raw
+        let slots = raw
             .into_iter()
             .map(|(entry, list)| {
                 let phrasings = list
@@ -131,8 +131,7 @@ impl Matcher {
                         (ids, w)
                     })
                     .collect();
-                let union = unions.remove(&entry).unwrap_or_default();
-                (entry, IndexedEntry { union, phrasings })
+                (entry, IndexedEntry { phrasings })
             })
             .collect();
         let mut deletes = HashMap::new();
@@ -150,19 +149,19 @@ impl Matcher {
             term_ids,
             idf,
             postings,
-            entries,
+            slots,
             deletes,
         }
     }
 
     /// Entries indexed.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.slots.len()
     }
 
     /// Whether no entry is indexed.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.slots.is_empty()
     }
 
     /// Every entry that shares a term with `question` (or is it), best first.
@@ -173,13 +172,13 @@ impl Matcher {
                 score: 1.0,
             }];
             ranked.extend(
-                self.fuzzy(analyzer, question)
+                self.fuzzy(analyzer, question, true)
                     .into_iter()
                     .filter(|s| s.entry != *entry),
             );
             return ranked;
         }
-        self.fuzzy(analyzer, question)
+        self.fuzzy(analyzer, question, true)
     }
 
     /// The best entry, if any scores above zero.
@@ -190,10 +189,12 @@ impl Matcher {
                 score: 1.0,
             });
         }
-        self.fuzzy(analyzer, question).into_iter().next()
+        self.fuzzy(analyzer, question, false).into_iter().next()
     }
 
-    fn fuzzy(&self, analyzer: &Analyzer, question: &str) -> Vec<Scored> {
+    /// Entries sharing a term with the question, best first: all of them, or (`all`
+    /// false) enough to be sure of the first.
+    fn fuzzy(&self, analyzer: &Analyzer, question: &str, all: bool) -> Vec<Scored> {
         let terms = analyzer.terms(question);
         let mut known: Vec<u32> = Vec::with_capacity(terms.len());
         let mut mass = 0.0f32;
@@ -213,40 +214,58 @@ impl Matcher {
             return Vec::new();
         }
         // Coverage of the question, per candidate entry.
-        let mut covered: HashMap<u32, f32> = HashMap::new();
+        let mut covered = vec![0.0f32; self.slots.len()];
+        let mut touched: Vec<u32> = Vec::new();
         for id in &known {
             let w = self.question_weight(*id);
-            for e in &self.postings[*id as usize] {
-                *covered.entry(*e).or_insert(0.0) += w;
+            for slot in &self.postings[*id as usize] {
+                let c = &mut covered[*slot as usize];
+                if *c == 0.0 {
+                    touched.push(*slot);
+                }
+                *c += w;
             }
         }
-        let mut out: Vec<Scored> = covered
+        let mut candidates: Vec<(u32, f64)> = touched
             .into_iter()
-            .filter_map(|(entry, matched)| {
-                let e = self.entries.get(&(entry as usize))?;
-                debug_assert!(e.union.iter().any(|t| known.contains(t)));
-                let p = f64::from(matched / mass).min(1.0);
-                let r = e
-                    .phrasings
-                    .iter()
-                    .filter(|(_, w)| *w > 0.0)
-                    .map(|(ids, w)| {
-                        let hit: f32 = ids
-                            .iter()
-                            .filter(|t| known.contains(t))
-                            .map(|t| self.idf[*t as usize])
-                            .sum();
-                        f64::from(hit / w)
-                    })
-                    .fold(0.0f64, f64::max)
-                    .min(1.0);
-                let score = (p * r).sqrt().clamp(0.0, MAX_FUZZY_SCORE);
-                Some(Scored {
-                    entry: entry as usize,
-                    score,
-                })
+            .map(|slot| {
+                let p = f64::from(covered[slot as usize] / mass).min(1.0);
+                (slot, p)
             })
             .collect();
+        // Best coverage of the question first: as the score is at most sqrt(P), the
+        // search for the best entry stops at the first candidate that cannot beat it.
+        candidates.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        let mut out: Vec<Scored> = Vec::new();
+        let mut best = -1.0f64;
+        for (slot, p) in candidates {
+            if !all && p.sqrt() < best {
+                break;
+            }
+            let Some((entry, e)) = self.slots.get(slot as usize) else {
+                continue;
+            };
+            let r = e
+                .phrasings
+                .iter()
+                .filter(|(_, w)| *w > 0.0)
+                .map(|(ids, w)| {
+                    let hit: f32 = ids
+                        .iter()
+                        .filter(|t| known.contains(t))
+                        .map(|t| self.idf[*t as usize])
+                        .sum();
+                    f64::from(hit / w)
+                })
+                .fold(0.0f64, f64::max)
+                .min(1.0);
+            let score = (p * r).sqrt().clamp(0.0, MAX_FUZZY_SCORE);
+            best = best.max(score);
+            out.push(Scored {
+                entry: *entry,
+                score,
+            });
+        }
         out.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.entry.cmp(&b.entry)));
         out
     }
