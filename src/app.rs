@@ -153,6 +153,13 @@ impl App {
         let canned = CannedAnswers::load(&config.canned.file, config.canned_settings())
             .map_err(|e| BuildError::Setup(format!("canned.file: {e}")))?;
         tracing::info!(answers = canned.entries(), file = %config.canned.file.display(), "canned answers loaded");
+        let canned = Arc::new(canned);
+        // The matcher's dictionaries load off the start-up path; a canned lookup in the
+        // meantime waits for them.
+        {
+            let canned = canned.clone();
+            std::thread::spawn(move || canned.faq().warm());
+        }
         let (cache, writer) = AnswerCache::new(
             &config.cache,
             &config.redis,
@@ -164,7 +171,7 @@ impl App {
         let pipeline = Arc::new(Pipeline::new(
             cache.clone(),
             tiers,
-            Arc::new(canned),
+            canned,
             metrics.clone(),
             stats.clone(),
             config.request_timeout(),

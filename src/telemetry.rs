@@ -215,7 +215,7 @@ impl Metrics {
             },
             canned_matches: counter(
                 "qa_canned_matches_total",
-                "Questions looked up in the canned answers (once per question past the fresh cache), by result (matched: best entry at or above canned.min_score; below_threshold: best entry under it; none: no entry shared a word).",
+                "Questions looked up in the canned answers (those the models did not answer, and all of them with canned.answer_first_score set), by result (matched: best entry at or above canned.min_score; below_threshold: best entry under it; none: no entry shared a word).",
                 &["result"],
             )?,
             canned_match_score: {

@@ -99,8 +99,7 @@ impl Analyzer {
     /// The matching key of a phrasing: normalized, simplified, without punctuation or
     /// white space. Two texts with the same key are the same question (score 1).
     pub fn exact_key(&self, text: &str) -> String {
-        let n = simplified(&normalize(text));
-        n.chars().filter(|c| c.is_alphanumeric()).collect()
+        exact_key(text)
     }
 
     /// The terms of `text`, each once, in order of first appearance: concepts (`@return`),
@@ -199,6 +198,12 @@ impl Analyzer {
         })?;
         self.concepts.get(word)
     }
+}
+
+/// The matching key of a phrasing (see [`Analyzer::exact_key`]); needs no dictionary.
+pub fn exact_key(text: &str) -> String {
+    let n = simplified(&normalize(text));
+    n.chars().filter(|c| c.is_alphanumeric()).collect()
 }
 
 /// The shortest English word (stem) corrected as a typo.

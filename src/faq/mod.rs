@@ -29,9 +29,9 @@ pub mod matcher;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
-use analyze::{Analyzer, analyzer};
+use analyze::analyzer;
 use lang::LangCode;
 use matcher::{Matcher, Phrasing};
 
@@ -53,7 +53,9 @@ pub struct Entry {
 pub struct Faq {
     entries: Vec<Entry>,
     default_language: LangCode,
-    matchers: HashMap<LangCode, Matcher>,
+    /// Built on first use or by [`Faq::warm`]: building needs the analyzer, whose
+    /// dictionary takes a few hundred milliseconds to load, off the start-up path.
+    matchers: OnceLock<HashMap<LangCode, Matcher>>,
 }
 
 /// One entry's score for a question, with what it would answer.
@@ -114,19 +116,38 @@ impl Faq {
             .map_err(|e| format!("canned answers {}: {e}", path.display()))
     }
 
-    /// Builds the matchers of validated entries: one per language the file uses (and
-    /// the default language).
+    /// A FAQ of validated entries; its matchers are built on first use.
     pub fn index(entries: Vec<Entry>, default_language: LangCode) -> Faq {
+        Faq {
+            entries,
+            default_language,
+            matchers: OnceLock::new(),
+        }
+    }
+
+    /// Builds the matchers now (loading the analyzer if need be), so that the first
+    /// question does not wait for them.
+    pub fn warm(&self) {
+        self.matchers();
+    }
+
+    /// The matchers: one per language the file uses (and the default language).
+    fn matchers(&self) -> &HashMap<LangCode, Matcher> {
+        self.matchers.get_or_init(|| self.build_matchers())
+    }
+
+    fn build_matchers(&self) -> HashMap<LangCode, Matcher> {
         let a = analyzer();
+        let (entries, default_language) = (&self.entries, self.default_language);
         let mut languages: Vec<LangCode> = vec![default_language];
-        for e in &entries {
+        for e in entries {
             for l in e.variants.keys() {
                 if !languages.contains(l) {
                     languages.push(l);
                 }
             }
         }
-        let matchers = languages
+        languages
             .into_iter()
             .map(|lang| {
                 let phrasings = entries.iter().enumerate().flat_map(|(i, e)| {
@@ -142,12 +163,7 @@ impl Faq {
                 });
                 (lang, Matcher::build(a, phrasings))
             })
-            .collect();
-        Faq {
-            entries,
-            default_language,
-            matchers,
-        }
+            .collect()
     }
 
     /// Entries in the file.
@@ -190,9 +206,10 @@ impl Faq {
     }
 
     fn matcher(&self, language: LangCode) -> Option<&Matcher> {
-        self.matchers
+        let matchers = self.matchers();
+        matchers
             .get(language)
-            .or_else(|| self.matchers.get(self.default_language))
+            .or_else(|| matchers.get(self.default_language))
     }
 
     fn candidate(&self, entry: usize, score: f64, language: LangCode) -> Option<Candidate> {
@@ -301,7 +318,6 @@ fn parse_variant(name: &str, t: toml::Table) -> Result<Variant, String> {
 /// A question or alias may belong to one entry only (per language, once normalized):
 /// otherwise which entry answers it would depend on the order of the file.
 fn check_duplicates(entries: &[Entry], default_language: LangCode) -> Result<(), String> {
-    let a: &Analyzer = analyzer();
     let mut seen: HashMap<(LangCode, String), usize> = HashMap::new();
     let name = |i: usize| {
         entry_name(
@@ -315,7 +331,7 @@ fn check_duplicates(entries: &[Entry], default_language: LangCode) -> Result<(),
     for (i, e) in entries.iter().enumerate() {
         for (lang, v) in &e.variants {
             for text in std::iter::once(&*v.question).chain(v.aliases.iter().map(String::as_str)) {
-                let key = a.exact_key(text);
+                let key = analyze::exact_key(text);
                 if key.is_empty() {
                     continue;
                 }
@@ -432,6 +448,7 @@ impl CannedAnswers {
     /// number of entries.
     pub fn reload(&self) -> Result<usize, String> {
         let faq = Faq::load(&self.path, self.settings.default_language)?;
+        faq.warm();
         let n = faq.len();
         match self.faq.write() {
             Ok(mut f) => *f = Arc::new(faq),

@@ -376,16 +376,20 @@ impl Pipeline {
         deadline: Instant,
         mut external: Duration,
     ) -> Answer {
-        // Matching takes microseconds: done once, before the models when a sure match
-        // may answer first, and its language tells the models which one to answer in.
-        let lookup = self.canned_lookup(question);
-        if let Some(m) = lookup.matched()
-            && self.canned.answer_first(m)
-        {
-            return canned_answer(m, true, external);
+        // The canned answers are matched once: before the models when a sure match may
+        // answer first, else only when the models gave nothing.
+        let mut lookup = None;
+        if self.canned.settings.answer_first_score.is_some() {
+            let first = self.canned_lookup(question);
+            if let Some(m) = first.matched()
+                && self.canned.answer_first(m)
+            {
+                return canned_answer(m, true, external);
+            }
+            lookup = Some(first);
         }
-        let language =
-            (lookup.language != self.canned.settings.default_language).then_some(lookup.language);
+        let language = self.canned.faq().language_of(question);
+        let language = (language != self.canned.settings.default_language).then_some(language);
         for slot in &self.tiers {
             let started = Instant::now();
             let answer = self.try_tier(slot, question, language, deadline).await;
@@ -402,6 +406,7 @@ impl Pipeline {
             }
         }
 
+        let lookup = lookup.unwrap_or_else(|| self.canned_lookup(question));
         if let Some(m) = lookup.matched() {
             return canned_answer(m, false, external);
         }
