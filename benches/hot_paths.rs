@@ -170,6 +170,7 @@ fn bench_json(c: &mut Criterion) {
                 degraded: false,
                 latency_ms: 0.416,
                 request_id: "01M8BWZFEAV4S2JZAYBHMR9FFX",
+                matched: None,
                 continued: false,
             }))
         })

@@ -121,9 +121,16 @@ impl App {
             config.metrics.window_secs,
             config.metrics.error_alert_threshold,
         ));
-        let canned = CannedAnswers::load(&config.canned.file)
+        let canned = CannedAnswers::load(&config.canned.file, config.canned_settings())
             .map_err(|e| BuildError::Config(format!("canned.file: {e}")))?;
         tracing::info!(answers = canned.entries(), file = %config.canned.file.display(), "canned answers loaded");
+        let canned = Arc::new(canned);
+        // The matcher's dictionaries load off the start-up path; a canned lookup in the
+        // meantime waits for them.
+        {
+            let canned = canned.clone();
+            std::thread::spawn(move || canned.faq().warm());
+        }
         let options = CacheOptions {
             fingerprint: config.answer_fingerprint(),
             max_answer_bytes: config
@@ -152,7 +159,7 @@ impl App {
         let pipeline = Arc::new(Pipeline::new(
             cache.clone(),
             tiers,
-            Arc::new(canned),
+            canned,
             metrics.clone(),
             stats.clone(),
             config.request_timeout(),
@@ -330,6 +337,7 @@ pub fn router(state: AppState) -> Router {
         // Every method: with admin disabled each answers 404, so nothing tells they exist.
         .route("/admin/cache", any(routes::admin::delete_cache))
         .route("/admin/canned/reload", any(routes::admin::reload_canned))
+        .route("/admin/canned/explain", any(routes::admin::explain_canned))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(CatchPanicLayer::custom(

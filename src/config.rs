@@ -7,12 +7,14 @@
 //! layers are merged as TOML values and deserialized once, with unknown keys refused, so a
 //! typo stops start-up with the key's name. `validate()` then refuses impossible values.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use secrecy::SecretString;
+
+use crate::faq::lang::iso_639_1;
 use serde::{Deserialize, Serialize};
 
 /// Where the configuration file is looked for when none is named.
@@ -59,6 +61,9 @@ pub struct Config {
     pub log: LogConfig,
     pub breaker: BreakerConfig,
     pub retry_budget: RetryBudgetConfig,
+    /// The reply when no tier has an answer, by ISO 639-1 language code; the question's
+    /// language is used when present, else `canned.default_language`.
+    pub default_reply: BTreeMap<String, String>,
     /// Bearer token for both model tiers, from `OPENAI_API_KEY` only (never from a file).
     #[serde(skip)]
     pub api_key: Option<SecretString>,
@@ -103,6 +108,9 @@ pub struct TierConfig {
     pub attempt_timeout_ms: u64,
     /// Prompt sent as the user message; `{question}` is replaced by the question.
     pub prompt: String,
+    /// Appended to the prompt when the question is not in `canned.default_language`;
+    /// `{language}` is replaced by the language's English name. Empty: nothing appended.
+    pub language_instruction: String,
     pub temperature: f64,
     /// `max_tokens` sent upstream; unset sends none (the provider's default).
     pub max_tokens: Option<u32>,
@@ -145,6 +153,13 @@ pub struct RedisConfig {
 #[serde(deny_unknown_fields)]
 pub struct CannedConfig {
     pub file: PathBuf,
+    /// The lowest score, in [0, 1], at which the best entry matches.
+    pub min_score: f64,
+    /// A match at or above this score is answered before the models; unset: never.
+    pub answer_first_score: Option<f64>,
+    /// ISO 639-1 code of the entries' top level and of answers to questions in a
+    /// language the file does not have.
+    pub default_language: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -225,6 +240,7 @@ impl Default for Config {
                 attempt_timeout_ms: 15_000,
                 prompt: "你是一个专业的客服助手。请回答用户的问题。\n\n问题:{question}\n\n回答:"
                     .into(),
+                language_instruction: "\n\nAnswer in {language}, the language of the question.".into(),
                 temperature: 0.0,
                 max_tokens: None,
                 max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
@@ -240,6 +256,7 @@ impl Default for Config {
                 max_backoff_ms: 2000,
                 attempt_timeout_ms: 10_000,
                 prompt: "简洁回答:{question}".into(),
+                language_instruction: "\n\nAnswer in {language}, the language of the question.".into(),
                 temperature: 0.0,
                 max_tokens: None,
                 max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
@@ -261,6 +278,9 @@ impl Default for Config {
             },
             canned: CannedConfig {
                 file: PathBuf::from("config/canned_answers.toml"),
+                min_score: 0.65,
+                answer_first_score: None,
+                default_language: "zh".into(),
             },
             limits: LimitsConfig {
                 max_question_chars: 2000,
@@ -287,6 +307,16 @@ impl Default for Config {
                 min_per_sec: 5,
                 window_secs: 10,
             },
+            default_reply: BTreeMap::from([
+                (
+                    "zh".to_string(),
+                    crate::pipeline::DEFAULT_REPLY.to_string(),
+                ),
+                (
+                    "en".to_string(),
+                    "Sorry, we cannot handle your request right now. Please try again later or contact a customer service agent.".to_string(),
+                ),
+            ]),
             api_key: None,
             admin_token: None,
             source: None,
@@ -491,6 +521,14 @@ impl Config {
             if !tier.prompt.contains("{question}") {
                 return Err(key_error(&k("prompt"), "must contain `{question}`"));
             }
+            if !tier.language_instruction.is_empty()
+                && !tier.language_instruction.contains("{language}")
+            {
+                return Err(key_error(
+                    &k("language_instruction"),
+                    "must contain `{language}` (or be empty)",
+                ));
+            }
             if !(0.0..=2.0).contains(&tier.temperature) {
                 return Err(key_error(&k("temperature"), "must be between 0 and 2"));
             }
@@ -508,6 +546,52 @@ impl Config {
             0,
             100 * bound::COUNT,
         )?;
+        if !(0.0..=1.0).contains(&self.canned.min_score) {
+            return Err(key_error("canned.min_score", "must be between 0 and 1"));
+        }
+        if let Some(first) = self.canned.answer_first_score
+            && !(self.canned.min_score..=1.0).contains(&first)
+        {
+            return Err(key_error(
+                "canned.answer_first_score",
+                format!(
+                    "must be between canned.min_score ({}) and 1 (got {first})",
+                    self.canned.min_score
+                ),
+            ));
+        }
+        if iso_639_1(&self.canned.default_language).is_none() {
+            return Err(key_error(
+                "canned.default_language",
+                format!(
+                    "must be an ISO 639-1 code such as `zh` or `en` (got {:?})",
+                    self.canned.default_language
+                ),
+            ));
+        }
+        for (code, text) in &self.default_reply {
+            if iso_639_1(code).is_none() {
+                return Err(key_error(
+                    &format!("default_reply.{code}"),
+                    "not an ISO 639-1 language code",
+                ));
+            }
+            if text.trim().is_empty() {
+                return Err(key_error(
+                    &format!("default_reply.{code}"),
+                    "must not be empty",
+                ));
+            }
+        }
+        if !self
+            .default_reply
+            .contains_key(&self.canned.default_language)
+        {
+            return Err(key_error(
+                &format!("default_reply.{}", self.canned.default_language),
+                "the default language (canned.default_language) needs a default reply",
+            ));
+        }
         let url = reqwest::Url::parse(&self.redis.url)
             .map_err(|e| key_error("redis.url", format!("not a URL: {e}")))?;
         if !matches!(url.scheme(), "redis" | "rediss" | "unix" | "redis+unix") {
@@ -586,6 +670,21 @@ impl Config {
 
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.server.request_timeout_ms)
+    }
+
+    /// What the FAQ store needs from `canned.*` and `default_reply` (after `validate`).
+    pub fn canned_settings(&self) -> crate::faq::Settings {
+        crate::faq::Settings {
+            min_score: self.canned.min_score,
+            answer_first_score: self.canned.answer_first_score,
+            default_language: iso_639_1(&self.canned.default_language)
+                .unwrap_or(crate::faq::lang::ZH),
+            default_reply: self
+                .default_reply
+                .iter()
+                .map(|(k, v)| (k.clone(), std::sync::Arc::from(v.trim())))
+                .collect(),
+        }
     }
 }
 
@@ -1005,5 +1104,50 @@ mod tests {
     fn api_key_never_shows_in_debug_output() {
         let c = Config::from_layers(None, &env(&[("OPENAI_API_KEY", "sk-secret-123")])).unwrap();
         assert!(!format!("{c:?}").contains("sk-secret-123"));
+    }
+    #[test]
+    fn canned_scores_are_validated_by_key() {
+        let low = Config::from_layers(None, &env(&[("QA__CANNED__MIN_SCORE", "1.5")]))
+            .unwrap_err()
+            .to_string();
+        let first = Config::from_layers(
+            None,
+            &env(&[
+                ("QA__CANNED__MIN_SCORE", "0.7"),
+                ("QA__CANNED__ANSWER_FIRST_SCORE", "0.5"),
+            ]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(low.contains("canned.min_score"), "{low}");
+        assert!(first.contains("canned.answer_first_score"), "{first}");
+    }
+
+    #[test]
+    fn answer_first_is_off_by_default_and_set_from_the_environment() {
+        let off = Config::from_layers(None, &env(&[])).unwrap();
+        let on =
+            Config::from_layers(None, &env(&[("QA__CANNED__ANSWER_FIRST_SCORE", "0.9")])).unwrap();
+        assert_eq!(off.canned.answer_first_score, None);
+        assert_eq!(on.canned.answer_first_score, Some(0.9));
+    }
+
+    #[test]
+    fn default_language_must_be_an_iso_code_with_a_default_reply() {
+        let bad = Config::from_layers(None, &env(&[("QA__CANNED__DEFAULT_LANGUAGE", "chinese")]))
+            .unwrap_err()
+            .to_string();
+        let no_reply = Config::from_layers(None, &env(&[("QA__CANNED__DEFAULT_LANGUAGE", "fr")]))
+            .unwrap_err()
+            .to_string();
+        assert!(bad.contains("canned.default_language"), "{bad}");
+        assert!(no_reply.contains("default_reply.fr"), "{no_reply}");
+    }
+
+    #[test]
+    fn default_reply_per_language_ships_zh_and_en_and_is_overridable() {
+        let c = Config::from_layers(None, &env(&[("QA__DEFAULT_REPLY__EN", "Sorry!")])).unwrap();
+        assert_eq!(c.default_reply["zh"], crate::pipeline::DEFAULT_REPLY);
+        assert_eq!(c.default_reply["en"], "Sorry!");
     }
 }

@@ -6,6 +6,7 @@ pub mod app;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod faq;
 pub mod guards;
 pub mod middleware;
 pub mod pipeline;

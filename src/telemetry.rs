@@ -9,6 +9,7 @@ use prometheus::{
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogConfig, LogFormat};
+use crate::faq::MatchResult;
 use crate::pipeline::source::ErrorKind;
 use crate::pipeline::source::{GiveUp, Source, Tier};
 
@@ -119,6 +120,10 @@ pub struct Metrics {
     pub stream_interruptions: IntCounterVec,
     /// `qa_streams_in_flight`: streamed answers being sent now.
     pub streams_in_flight: prometheus::IntGauge,
+    /// `qa_canned_matches_total{result}`.
+    pub canned_matches: IntCounterVec,
+    /// `qa_canned_match_score`: the best entry's score of each canned lookup.
+    pub canned_match_score: prometheus::Histogram,
     /// `qa_requests_total` and `qa_request_duration_seconds` children, by `Source as
     /// usize`: resolved once, not hashed on every answer.
     pub answers: Vec<(prometheus::IntCounter, prometheus::Histogram)>,
@@ -290,6 +295,25 @@ impl Metrics {
                 registry.register(Box::new(g.clone()))?;
                 g
             },
+            canned_matches: counter(
+                "qa_canned_matches_total",
+                "Questions looked up in the canned answers (those the models did not answer, and all of them with canned.answer_first_score set), by result (matched: best entry at or above canned.min_score; below_threshold: best entry under it; none: no entry shared a word).",
+                &["result"],
+            )?,
+            canned_match_score: {
+                let h = prometheus::Histogram::with_opts(
+                    HistogramOpts::new(
+                        "qa_canned_match_score",
+                        "Score in [0, 1] of the best canned entry for each question that had one, matched or not: where to set canned.min_score.",
+                    )
+                    .buckets(vec![
+                        0.1, 0.2, 0.3, 0.4, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95,
+                        0.99, 1.0,
+                    ]),
+                )?;
+                registry.register(Box::new(h.clone()))?;
+                h
+            },
             answers: Vec::new(),
             registry,
         };
@@ -324,6 +348,9 @@ impl Metrics {
             for result in CACHE_RESULTS {
                 m.cache_lookups.with_label_values(&[layer, result]);
             }
+        }
+        for result in MatchResult::ALL {
+            m.canned_matches.with_label_values(&[result.as_str()]);
         }
         for result in CACHE_WRITE_RESULTS {
             m.cache_writes.with_label_values(&[result]);

@@ -62,7 +62,7 @@ impl Pipeline {
                     flights: &pipeline.flights,
                     key: &flight,
                 };
-                let normalized = miss.normalized.clone();
+                let question = miss.question.clone();
                 let walked = catch_panic(pipeline.walk(miss, mode, &producer), &pipeline.metrics);
                 let answer = match walked.await {
                     Some(answer) => answer,
@@ -72,7 +72,7 @@ impl Pipeline {
                         if producer.log().has_text() {
                             producer.push(Event::Reset("the answer broke off"));
                         }
-                        let answer = pipeline.last_resort(&normalized, None, Duration::ZERO);
+                        let answer = pipeline.last_resort(&question, None, None, Duration::ZERO);
                         producer.push(Event::Delta(answer.text.clone()));
                         answer
                     }

@@ -173,6 +173,7 @@ mod tests {
             model: None,
             external: Duration::ZERO,
             continued: false,
+            canned: None,
         }
     }
 

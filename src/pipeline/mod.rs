@@ -39,7 +39,7 @@ use crate::stats::Stats;
 use crate::telemetry::Metrics;
 
 use cache::{AnswerCache, CachedAnswer};
-use canned::CannedAnswers;
+use canned::{CannedAnswers, Lookup};
 use coalesce::Flights;
 use events::{Event, Producer};
 use model::ModelClient;
@@ -97,6 +97,27 @@ pub struct Answer {
     pub external: Duration,
     /// Written by more than one model call (a stream broken and continued).
     pub continued: bool,
+    /// For a canned answer: the entry that matched.
+    pub canned: Option<CannedMatch>,
+}
+
+/// The canned entry behind an answer.
+#[derive(Debug, Clone)]
+pub struct CannedMatch {
+    /// The entry's question, in the answer's language.
+    pub question: Arc<str>,
+    /// In `[0, 1]`.
+    pub score: f64,
+    /// Answered before the models (`canned.answer_first_score`): not degraded.
+    pub before_models: bool,
+}
+
+impl Answer {
+    /// Whether the answer is less than the best the service can give: a canned answer
+    /// given before the models, on a sure match, is not.
+    pub fn degraded(&self) -> bool {
+        self.source.degraded() && !self.canned.as_ref().is_some_and(|c| c.before_models)
+    }
 }
 
 impl Miss {
@@ -110,6 +131,9 @@ impl Miss {
 struct Call<'a> {
     request_id: &'a str,
     question: &'a str,
+    /// The question's language when it is not the default one: the models are told to
+    /// answer in it.
+    language: Option<&'a str>,
     mode: Mode,
     progress: &'a Mutex<Progress>,
     out: &'a Producer,
@@ -119,7 +143,6 @@ struct Call<'a> {
 pub struct Miss {
     request_id: Arc<str>,
     question: String,
-    normalized: String,
     key: String,
     stale: Option<CachedAnswer>,
     deadline: Instant,
@@ -188,11 +211,11 @@ impl Pipeline {
                 model: Some(hit.model),
                 external,
                 continued: false,
+                canned: None,
             }),
             None => Err(Miss {
                 request_id: request_id.clone(),
                 question: question.to_string(),
-                normalized,
                 key,
                 stale: found.stale,
                 deadline,
@@ -207,15 +230,38 @@ impl Pipeline {
         let Miss {
             request_id,
             question,
-            normalized,
             key,
             stale,
             deadline,
             mut external,
         } = miss;
+        // The canned answers are matched once: before the models when a sure match may
+        // answer first, else only when the models gave nothing.
+        let mut lookup = None;
+        if self.canned.settings.answer_first_score.is_some() {
+            let first = self.canned_lookup(&question);
+            if let Some(m) = first.matched()
+                && self.canned.answer_first(m)
+            {
+                let answer = canned_answer(m, true, external);
+                out.push(Event::Delta(answer.text.clone()));
+                return answer;
+            }
+            lookup = Some(first);
+        }
+        let language = self.canned.faq().language_of(&question);
+        let language = (language != self.canned.settings.default_language).then_some(language);
         let started = Instant::now();
         let progress = Mutex::new(Progress::default());
-        let models = self.walk_models(&request_id, &question, deadline, mode, &progress, out);
+        let call = Call {
+            request_id: &request_id,
+            question: &question,
+            language,
+            mode,
+            progress: &progress,
+            out,
+        };
+        let models = self.walk_models(&call, deadline);
         let answered = catch_panic(models, &self.metrics).await.flatten();
         external += started.elapsed();
         if let Some(mut answer) = answered {
@@ -245,51 +291,34 @@ impl Pipeline {
             }
             out.push(Event::Reset("the models could not finish the answer"));
         }
-        let answer = self.last_resort(&normalized, stale, external);
+        let answer = self.last_resort(&question, lookup, stale, external);
         out.push(Event::Delta(answer.text.clone()));
         answer
     }
 
     /// The model tiers in order: the first answer, or `None`.
-    async fn walk_models(
-        &self,
-        request_id: &str,
-        question: &str,
-        deadline: Instant,
-        mode: Mode,
-        progress: &Mutex<Progress>,
-        out: &Producer,
-    ) -> Option<Answer> {
+    async fn walk_models(&self, call: &Call<'_>, deadline: Instant) -> Option<Answer> {
         for slot in &self.tiers {
-            let call = Call {
-                request_id,
-                question,
-                mode,
-                progress,
-                out,
-            };
-            if let Some(answer) = self.try_tier(slot, &call, deadline).await {
+            if let Some(answer) = self.try_tier(slot, call, deadline).await {
                 return Some(answer);
             }
         }
         None
     }
 
-    /// The tiers that cannot fail: canned answers, the stale answer, the default reply.
+    /// The tiers that cannot fail: the canned answer that matches `question` (`lookup`,
+    /// when it was matched already), the stale answer, the default reply in the
+    /// question's language.
     pub fn last_resort(
         &self,
-        normalized: &str,
+        question: &str,
+        lookup: Option<Lookup>,
         stale: Option<CachedAnswer>,
         external: Duration,
     ) -> Answer {
-        if let Some(text) = self.canned.get(normalized) {
-            return Answer {
-                text,
-                source: Source::Canned,
-                model: None,
-                external,
-                continued: false,
-            };
+        let lookup = lookup.unwrap_or_else(|| self.canned_lookup(question));
+        if let Some(m) = lookup.matched() {
+            return canned_answer(m, false, external);
         }
         if let Some(stale) = stale {
             return Answer {
@@ -298,15 +327,31 @@ impl Pipeline {
                 model: Some(stale.model),
                 external,
                 continued: false,
+                canned: None,
             };
         }
         Answer {
-            text: Arc::from(DEFAULT_REPLY),
+            text: self.canned.default_reply(lookup.language),
             source: Source::Default,
             model: None,
             external,
             continued: false,
+            canned: None,
         }
+    }
+
+    /// Matches the question against the canned answers, counted in
+    /// `qa_canned_matches_total` and `qa_canned_match_score`.
+    pub fn canned_lookup(&self, question: &str) -> Lookup {
+        let lookup = self.canned.lookup(question);
+        self.metrics
+            .canned_matches
+            .with_label_values(&[lookup.result().as_str()])
+            .inc();
+        if let Some(best) = &lookup.best {
+            self.metrics.canned_match_score.observe(best.score);
+        }
+        lookup
     }
 
     /// One model tier with its retries; `None` when it gives no answer (recorded as a
@@ -349,7 +394,7 @@ impl Pipeline {
                     match call.mode {
                         Mode::Whole => {
                             let timeout = client.attempt_timeout.min(time_left);
-                            client.complete(call.question, timeout).await
+                            client.complete(call.question, call.language, timeout).await
                         }
                         Mode::Stream => self.stream_call(client, call, time_left).await,
                     }
@@ -368,6 +413,7 @@ impl Pipeline {
                     model: Some(Arc::from(c.model)),
                     external: Duration::ZERO,
                     continued,
+                    canned: None,
                 })
             }
             Err(e) => {
@@ -392,6 +438,22 @@ impl Pipeline {
             .inc();
     }
 }
+/// The answer of a matched canned entry.
+fn canned_answer(m: &canned::Candidate, before_models: bool, external: Duration) -> Answer {
+    Answer {
+        text: m.answer.clone(),
+        source: Source::Canned,
+        model: None,
+        external,
+        continued: false,
+        canned: Some(CannedMatch {
+            question: m.question.clone(),
+            score: m.score,
+            before_models,
+        }),
+    }
+}
+
 /// Runs `fut`, turning a panic inside it into `None`: counted in
 /// `qa_walk_panics_total` and logged once (the panic hook has logged the panic itself).
 pub async fn catch_panic<T>(

@@ -426,6 +426,7 @@ pub struct ModelClient {
     url: reqwest::Url,
     api_key: Option<SecretString>,
     prompt: String,
+    language_instruction: String,
     temperature: f64,
     max_tokens: Option<u32>,
     /// Largest response body read, in bytes; a larger one is an `invalid_response`.
@@ -457,6 +458,7 @@ impl ModelClient {
             url,
             api_key,
             prompt: cfg.prompt.clone(),
+            language_instruction: cfg.language_instruction.clone(),
             temperature: cfg.temperature,
             max_tokens: cfg.max_tokens,
             max_response_bytes: cfg.max_response_bytes,
@@ -474,14 +476,33 @@ impl ModelClient {
         })
     }
 
-    /// One call, bounded by `timeout`. A completion with no choices, or with empty or
-    /// null content, is an `invalid_response`: it is never returned as an answer.
+    /// The user message for `question`: the prompt, followed by the language
+    /// instruction when `language` (the question's, when not the default) is given.
+    pub fn message(&self, question: &str, language: Option<&str>) -> String {
+        let mut content = self.prompt.replace("{question}", question);
+        if let Some(lang) = language
+            && !self.language_instruction.is_empty()
+        {
+            content.push_str(
+                &self
+                    .language_instruction
+                    .replace("{language}", crate::faq::lang::english_name(lang)),
+            );
+        }
+        content
+    }
+
+    /// One call, bounded by `timeout`. `language`: the question's language when it is
+    /// not the default one (the model is told to answer in it). A completion with no
+    /// choices, or with empty or null content, is an `invalid_response`: it is never
+    /// returned as an answer.
     pub async fn complete(
         &self,
         question: &str,
+        language: Option<&str>,
         timeout: Duration,
     ) -> Result<Completion, UpstreamError> {
-        let content = self.prompt.replace("{question}", question);
+        let content = self.message(question, language);
         let body = ChatRequest {
             model: &self.model,
             messages: vec![ChatMessage {
@@ -549,11 +570,12 @@ impl ModelClient {
     pub async fn open_stream(
         &self,
         question: &str,
+        language: Option<&str>,
         continue_from: Option<&str>,
         first_token: Duration,
         idle: Duration,
     ) -> Result<CompletionStream, UpstreamError> {
-        let content = self.prompt.replace("{question}", question);
+        let content = self.message(question, language);
         let mut messages = vec![ChatMessage {
             role: "user",
             content: &content,

@@ -55,6 +55,7 @@ impl Pipeline {
         let mut stream = client
             .open_stream(
                 call.question,
+                call.language,
                 continue_from.as_deref(),
                 client.first_token_timeout.min(time_left),
                 client.stream_idle_timeout,

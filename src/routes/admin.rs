@@ -1,7 +1,8 @@
 //! Operator endpoints behind `Authorization: Bearer <ADMIN_TOKEN>`: invalidate a cached
-//! answer, reload the canned answers. With no token configured they do not exist: `404`
-//! to every method, so nothing tells that the route is there. The token is checked before
-//! any body is read, and a body is read with the same size and time limits as `/ask`'s.
+//! answer, reload the canned answers, explain how a question matches them. With no
+//! token configured they do not exist: `404` to every method, so nothing tells that the
+//! route is there. The token is checked before any body is read, and a body is read with
+//! the same size and time limits as `/ask`'s.
 
 use std::time::Duration;
 
@@ -57,22 +58,29 @@ fn refuse(state: &AppState, e: ApiError) -> Response {
     e.into_response()
 }
 
-pub async fn delete_cache(State(state): State<AppState>, req: Request) -> Response {
+/// The body of the admin routes that take a question.
+#[derive(serde::Deserialize)]
+struct QuestionBody {
+    question: String,
+}
+
+/// Authorizes `req` for `method` (before anything of its body is read), then reads its
+/// `{"question": ...}` body under the size and time limits.
+async fn authorized_question(
+    state: &AppState,
+    method: &Method,
+    req: Request,
+) -> Result<QuestionBody, ApiError> {
     let (parts, body) = req.into_parts();
-    if let Err(e) = authorize(&state, &parts.method, &Method::DELETE, &parts.headers) {
-        return refuse(&state, e);
-    }
+    authorize(state, &parts.method, method, &parts.headers)?;
     let timeout = Duration::from_millis(state.config.server.body_read_timeout_ms);
     let limit = state.config.limits.max_body_bytes;
-    #[derive(serde::Deserialize)]
-    struct Req {
-        question: String,
-    }
-    let parsed = match read_body(&parts.headers, body, limit, timeout).await {
-        Ok(bytes) => json_object::<Req>(&bytes, "a JSON object with a string field \"question\""),
-        Err(e) => Err(e),
-    };
-    let req = match parsed {
+    let bytes = read_body(&parts.headers, body, limit, timeout).await?;
+    json_object(&bytes, "a JSON object with a string field \"question\"")
+}
+
+pub async fn delete_cache(State(state): State<AppState>, req: Request) -> Response {
+    let req = match authorized_question(&state, &Method::DELETE, req).await {
         Ok(r) => r,
         Err(e) => return refuse(&state, e),
     };
@@ -111,6 +119,39 @@ pub async fn reload_canned(State(state): State<AppState>, req: Request) -> Respo
                 .into_response()
         }
     }
+}
+
+/// How many entries `POST /admin/canned/explain` shows.
+const EXPLAIN_TOP: usize = 5;
+
+/// `POST /admin/canned/explain` with `{"question": "..."}`: the question's language, the
+/// entry that matches (or `null`) and the best entries with their scores, so an operator
+/// sees why a question matched or did not. Not counted in the match metrics.
+pub async fn explain_canned(State(state): State<AppState>, req: Request) -> Response {
+    let req = match authorized_question(&state, &Method::POST, req).await {
+        Ok(r) => r,
+        Err(e) => return refuse(&state, e),
+    };
+    let canned = &state.pipeline.canned;
+    let faq = canned.faq();
+    let min_score = canned.settings.min_score;
+    let ranked = faq.rank(req.question.trim());
+    let show = |c: &crate::faq::Candidate| {
+        serde_json::json!({
+            "question": &*c.question,
+            "score": (c.score * 1000.0).round() / 1000.0,
+            "language": c.language,
+        })
+    };
+    let matched = ranked.first().filter(|c| c.score >= min_score).map(&show);
+    Json(serde_json::json!({
+        "language": faq.language_of(req.question.trim()),
+        "min_score": min_score,
+        "answer_first_score": canned.settings.answer_first_score,
+        "matched": matched,
+        "top": ranked.iter().take(EXPLAIN_TOP).map(show).collect::<Vec<_>>(),
+    }))
+    .into_response()
 }
 
 #[cfg(test)]

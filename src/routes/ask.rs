@@ -15,7 +15,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
 use crate::middleware::RequestId;
-use crate::pipeline::normalize::normalize;
 use crate::pipeline::{Answer, Mode, Source};
 use crate::routes::body::json_object;
 use crate::state::AppState;
@@ -52,6 +51,18 @@ pub struct AskResponse<'a> {
     /// Present (and true) only for an answer written by more than one model call.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub continued: bool,
+    /// For a canned answer: the entry that matched and its score.
+    #[serde(rename = "match", skip_serializing_if = "Option::is_none")]
+    pub matched: Option<MatchBody<'a>>,
+}
+
+/// The `match` of a canned answer.
+#[derive(Serialize)]
+pub struct MatchBody<'a> {
+    /// The entry's question, in the answer's language.
+    pub question: &'a str,
+    /// In `[0, 1]`, rounded to three decimals.
+    pub score: f64,
 }
 
 impl<'a> AskResponse<'a> {
@@ -60,10 +71,14 @@ impl<'a> AskResponse<'a> {
             answer: &answer.text,
             source: answer.source.as_str(),
             model: answer.model.as_deref(),
-            degraded: answer.source.degraded(),
+            degraded: answer.degraded(),
             latency_ms: (elapsed.as_secs_f64() * 1_000_000.0).round() / 1000.0,
             request_id,
             continued: answer.continued,
+            matched: answer.canned.as_ref().map(|c| MatchBody {
+                question: &c.question,
+                score: (c.score * 1000.0).round() / 1000.0,
+            }),
         }
     }
 }
@@ -127,7 +142,7 @@ fn walk_failed(state: &AppState, request_id: &str, question: &str, started: Inst
     );
     state
         .pipeline
-        .last_resort(&normalize(question), None, started.elapsed())
+        .last_resort(question, None, None, started.elapsed())
 }
 
 /// Counts and logs an answer; returns the time it took.

@@ -99,7 +99,7 @@ async fn default_reply_when_nothing_else_answers() {
     sim.set_default_behavior(always("500"));
     let app = TestApp::spawn(test_config(&redis.url(), Some(&sim))).await;
 
-    let (status, body) = app.ask("Something no FAQ covers").await;
+    let (status, body) = app.ask("今天天气怎么样?").await;
 
     assert_eq!(status, 200);
     assert_eq!(body["source"], "default");

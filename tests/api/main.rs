@@ -10,6 +10,7 @@ mod cache;
 mod deadline;
 mod demo;
 mod errors;
+mod faq;
 mod fuzz;
 mod helpers;
 mod metrics;

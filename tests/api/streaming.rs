@@ -219,7 +219,8 @@ async fn faults_before_the_first_piece_are_invisible() {
 async fn a_stream_broken_mid_way_is_continued_by_a_retry_without_a_reset() {
     for fault in ["cut", "stall", "stream_error"] {
         let (redis, sim, app) = app_with(script(&[fault]), Behavior::default()).await;
-        let question = format!("broken once: {fault}");
+        // In Chinese: the prompt then gets no language instruction.
+        let question = format!("回答中断一次: {fault}");
 
         let (_, events) = stream(&app, &question).await;
 
@@ -436,7 +437,7 @@ async fn a_break_is_counted_once_even_when_the_next_attempt_fails_before_writing
 #[tokio::test]
 async fn a_continuation_with_no_text_is_not_taken_for_the_rest_of_the_answer() {
     let (redis, _sim, app) = app_with(script(&["cut", "empty"]), Behavior::default()).await;
-    let question = "cut, then nothing";
+    let question = "中断之后没有文字";
 
     let (_, events) = stream(&app, question).await;
 
