@@ -29,8 +29,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TMP = os.environ.get("BENCH_TMP") or tempfile.mkdtemp(prefix="qa-bench-")
 DURATION = int(os.environ.get("BENCH_DURATION", "10"))
 SIM_LATENCY_MS = int(os.environ.get("BENCH_SIM_LATENCY_MS", "50"))
-QA_BIN = os.path.join(ROOT, "target", "release", "resilient-qa")
-SIM_BIN = os.path.join(ROOT, "target", "release", "upstream-sim")
+TARGET_DIR = os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target")
+if not os.path.isabs(TARGET_DIR):
+    TARGET_DIR = os.path.join(ROOT, TARGET_DIR)
+QA_BIN = os.path.join(TARGET_DIR, "release", "resilient-qa")
+SIM_BIN = os.path.join(TARGET_DIR, "release", "upstream-sim")
 WRK_LUA = os.path.join(ROOT, "bench", "wrk.lua")
 BENCHMARKS_MD = os.path.join(ROOT, "BENCHMARKS.md")
 BEGIN = "<!-- bench/run.sh: generated section begin -->"
@@ -157,6 +160,28 @@ class Service:
                             json.dumps({"question": question}).encode(),
                             {"Content-Type": "application/json"})
         return status, json.loads(body)
+
+    def ask_stream(self, question):
+        """A streamed /ask: (status, content type, [(event, data)])."""
+        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5.0)
+        try:
+            c.request("POST", "/ask", json.dumps({"question": question}).encode(),
+                      {"Content-Type": "application/json", "Accept": "text/event-stream"})
+            r = c.getresponse()
+            body = r.read().decode()
+            events = []
+            for block in body.split("\n\n"):
+                ev = data = None
+                for line in block.splitlines():
+                    if line.startswith("event:"):
+                        ev = line[6:].strip()
+                    elif line.startswith("data:"):
+                        data = line[5:].strip()
+                if ev:
+                    events.append((ev, json.loads(data) if data else None))
+            return r.status, r.getheader("Content-Type"), events
+        finally:
+            c.close()
 
     def metrics(self):
         _, body = hreq(self.port, "GET", "/metrics")
@@ -371,6 +396,13 @@ def run():
     res["checks"].append(f"memory scenario: first ask -> {status} source={first.get('source')}")
     status, second = a.ask(q_mem)
     res["checks"].append(f"memory scenario: second ask -> {status} source={second.get('source')}")
+    status, ctype, events = a.ask_stream(q_mem)
+    names = [e for e, _ in events]
+    done = events[-1][1] if events and events[-1][0] == "done" else {}
+    streamed = "".join(d["text"] for e, d in events if e == "delta")
+    res["checks"].append(
+        f"memory scenario, streamed: {status} {ctype}, events {names}, "
+        f"source={done.get('source')}, deltas = done.answer: {streamed == done.get('answer')}")
     status, first = b.ask(q_red)
     res["checks"].append(f"redis scenario: first ask -> {status} source={first.get('source')}")
     second = {}
@@ -384,15 +416,19 @@ def run():
     wrk("warmup_ceiling", base_a + "/healthz", "get", THROUGHPUT_CONNS, duration=2)
     wrk("warmup_memory", base_a + "/ask", "ask_same", THROUGHPUT_CONNS, duration=2, tag=tag_mem)
     wrk("warmup_redis", base_b + "/ask", "ask_same", THROUGHPUT_CONNS, duration=2, tag=tag_red)
-    rounds = {"ceiling": [], "memory_hit": [], "redis_hit": []}
+    wrk("warmup_memory_stream", base_a + "/ask", "ask_same_stream", THROUGHPUT_CONNS,
+        duration=2, tag=tag_mem)
+    rounds = {"ceiling": [], "memory_hit": [], "memory_hit_stream": [], "redis_hit": []}
     for i in range(ROUNDS):
         rounds["ceiling"].append(wrk(f"ceiling_{i}", base_a + "/healthz", "get",
                                      THROUGHPUT_CONNS, threads=THROUGHPUT_THREADS,
                                      watch={"service": a.pid}))
-        for key, svc, base, tag, layer in (("memory_hit", a, base_a, tag_mem, "memory"),
-                                           ("redis_hit", b, base_b, tag_red, "redis")):
+        for key, svc, base, tag, layer, mode in (
+                ("memory_hit", a, base_a, tag_mem, "memory", "ask_same"),
+                ("memory_hit_stream", a, base_a, tag_mem, "memory", "ask_same_stream"),
+                ("redis_hit", b, base_b, tag_red, "redis", "ask_same")):
             m0 = svc.metrics()
-            r = wrk(f"{key}_{i}", base + "/ask", "ask_same", THROUGHPUT_CONNS,
+            r = wrk(f"{key}_{i}", base + "/ask", mode, THROUGHPUT_CONNS,
                     threads=THROUGHPUT_THREADS, tag=tag,
                     watch={"service": svc.pid, "redis-server": redis.pid})
             m1 = svc.metrics()
@@ -401,11 +437,14 @@ def run():
                 - metric(m0, "qa_cache_lookups_total", layer=layer, result="hit"))
             r["answers"] = metric(m1, "qa_requests_total") - metric(m0, "qa_requests_total")
             r["ratio_same_round"] = r["rps"] / rounds["ceiling"][-1]["rps"]
+            if key == "memory_hit_stream":
+                r["ratio_to_memory_hit_same_round"] = r["rps"] / rounds["memory_hit"][-1]["rps"]
             rounds[key].append(r)
     a.stop()
     b.stop()
     best = {k: max(v, key=lambda r: r["rps"]) for k, v in rounds.items()}
     ceiling, mem, red = best["ceiling"], best["memory_hit"], best["redis_hit"]
+    mem_stream = best["memory_hit_stream"]
 
     # 3. The miss path: distinct questions, fixed offered loads, against the simulator
     #    straight and through the service.
@@ -473,6 +512,7 @@ def run():
 
     res["scenarios"] = {
         "ceiling": ceiling, "memory_hit": mem, "rounds": rounds,
+        "memory_hit_stream": mem_stream,
         "redis_hit": red, "miss": {str(k): v for k, v in miss.items()},
         "rss_idle_kib": rss_idle, "rss_1000_conns_kib": rss_conns,
         "rss_1000_conns_healthz_status": status, "miss_instance_vmhwm_kib": c_hwm,
@@ -507,7 +547,8 @@ def machine():
         for line in f:
             if line.startswith("MemTotal:"):
                 mem_kib = int(line.split()[1])
-    dirty = sh("git status --porcelain -- src Cargo.toml Cargo.lock config")
+    dirty = sh("git status --porcelain -- src Cargo.toml Cargo.lock config/default.toml "
+               "config/canned_answers.toml")
     return {
         "nproc": sh("nproc"), "cpu": cpu, "mem": f"{mem_kib / 1048576:.1f} GiB",
         "kernel": platform.release(), "rustc": sh("rustc --version"),
@@ -557,6 +598,13 @@ def report(res, mach, command):
             f"{r['rps']:,.0f} req/s = **{ratio:.2f}×** ceiling; p50 {r['p50_ms']:.3f} ms, "
             f"p99 {r['p99_ms']:.3f} ms",
             f"≥ {target}× ceiling", ratio >= target)
+    ms_ = s["memory_hit_stream"]
+    sratio = ms_["rps"] / mem["rps"]
+    row(f"streamed cache hit, memory: `POST /ask`, `Accept: text/event-stream` (best of {ROUNDS})",
+        f"{ms_['rps']:,.0f} req/s = **{sratio:.2f}×** the non-streamed memory hit "
+        f"({ms_['rps'] / ceil['rps']:.2f}× ceiling); p50 {ms_['p50_ms']:.3f} ms, "
+        f"p99 {ms_['p99_ms']:.3f} ms",
+        "≥ 0.8× memory hit", sratio >= 0.8)
     for rate in MISS_RATES:
         m = miss[str(rate)]
         d, v = m["direct"], m["service"]
@@ -608,6 +656,7 @@ def report(res, mach, command):
     lines.append("")
     rounds = s["rounds"]
     for key, label in (("ceiling", "ceiling"), ("memory_hit", "memory hit"),
+                       ("memory_hit_stream", "streamed memory hit"),
                        ("redis_hit", "Redis hit")):
         for i, r in enumerate(rounds[key]):
             extra = ""
@@ -615,6 +664,9 @@ def report(res, mach, command):
                 extra = (f"; {r['ratio_same_round']:.2f}× the ceiling of the same round; cache "
                          f"hits counted by the service {r['verified_hits']:.0f} for "
                          f"{r['answers']:.0f} answers")
+            if "ratio_to_memory_hit_same_round" in r:
+                extra += (f"; {r['ratio_to_memory_hit_same_round']:.2f}× the memory hit of "
+                          "the same round")
             lines.append(
                 f"- {label}, round {i + 1}: wrk -t{r['threads']} -c{r['conns']} "
                 f"{r['duration_us'] / 1e6:.0f} s: {r['rps']:,.0f} req/s, {r['requests']} "

@@ -2,6 +2,8 @@
 --
 --   BENCH_MODE   get        : GET of the URL as given (e.g. /healthz)
 --                ask_same   : POST /ask with one question, the same every request
+--                ask_same_stream : the same, with `Accept: text/event-stream` (a cache
+--                             hit streamed: one `delta` and `done`)
 --                ask_unique : POST /ask, a question no request has asked before
 --                sim_unique : POST /v1/chat/completions straight to the simulator, the
 --                             same shape of body the service sends (also distinct)
@@ -27,10 +29,13 @@ local questions = {
   "我的发票什么时候开？",
 }
 
-if mode == "ask_same" then
+if mode == "ask_same" or mode == "ask_same_stream" then
   wrk.method = "POST"
   wrk.path = "/ask"
   wrk.headers["Content-Type"] = "application/json"
+  if mode == "ask_same_stream" then
+    wrk.headers["Accept"] = "text/event-stream"
+  end
   wrk.body = '{"question":"Where is my order? (bench ' .. tag .. ')"}'
 elseif mode == "ask_unique" or mode == "sim_unique" then
   wrk.method = "POST"

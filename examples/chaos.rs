@@ -6,7 +6,8 @@
 //! For every scenario it starts FRESH processes on free loopback ports: a private
 //! `redis-server`, the release `upstream-sim` and the release `resilient-qa`, drives 50
 //! keep-alive clients that loop `POST /ask` (about 80% unique questions that reach the
-//! models, 20% from a small hot set that the cache answers), injects one fault, and
+//! models, 20% from a small hot set that the cache answers; in `stream_cut` and
+//! `stream_hang` they ask for server-sent events and check every stream), injects one fault, and
 //! measures what the clients saw plus the simulator's call counts and the service's
 //! `/metrics` sampled every 250 ms. Every child process is killed on exit, on panic and
 //! on Ctrl-C / SIGTERM (guards with `Drop`). The results are printed as a table and
@@ -68,6 +69,15 @@ const TARGET_FLAKY_PRIMARY_SHARE: f64 = 0.85;
 const TARGET_FLAKY_P99_MS: f64 = 1000.0;
 const TARGET_RECOVERY_MS: f64 = (OPEN_MS + 2000) as f64;
 
+// Streaming scenarios: the simulator's pace, and the stream timeouts of both tiers
+// (the defaults, 5 s and 10 s, scaled to the 5 s deadline as the attempt timeouts are).
+const STREAM_PIECE_CHARS: usize = 8;
+const STREAM_INTERVAL_MS: u64 = 10;
+const STREAM_CUT_AFTER: usize = 4;
+const STREAM_CUT_SHARE: f64 = 0.3;
+const FIRST_TOKEN_TIMEOUT_MS: u64 = 1250;
+const STREAM_IDLE_TIMEOUT_MS: u64 = 2500;
+
 const PRIMARY: &str = "gpt-4o";
 const SECONDARY: &str = "gpt-3.5-turbo";
 
@@ -97,16 +107,20 @@ enum Scenario {
     PrimaryFlaky,
     Burst,
     Sigterm,
+    StreamCut,
+    StreamHang,
 }
 
 impl Scenario {
-    const ALL: [Scenario; 6] = [
+    const ALL: [Scenario; 8] = [
         Scenario::RedisKilled,
         Scenario::PrimaryDown,
         Scenario::PrimaryHang,
         Scenario::PrimaryFlaky,
         Scenario::Burst,
         Scenario::Sigterm,
+        Scenario::StreamCut,
+        Scenario::StreamHang,
     ];
 
     fn name(self) -> &'static str {
@@ -117,6 +131,8 @@ impl Scenario {
             Scenario::PrimaryFlaky => "primary_flaky",
             Scenario::Burst => "burst",
             Scenario::Sigterm => "sigterm",
+            Scenario::StreamCut => "stream_cut",
+            Scenario::StreamHang => "stream_hang",
         }
     }
 
@@ -130,6 +146,10 @@ impl Scenario {
             Scenario::PrimaryFlaky => "primary fails 50% (503) at random, seeded",
             Scenario::Burst => "limit 64 in flight, sim at 300 ms; 500 concurrent requests at once",
             Scenario::Sigterm => "SIGTERM to the service under load",
+            Scenario::StreamCut => "streaming clients; the primary cuts 30% of its streams mid-way",
+            Scenario::StreamHang => {
+                "streaming clients; the primary hangs (stall_first / hang), then healed"
+            }
         }
     }
 
@@ -146,6 +166,10 @@ impl Scenario {
             (Scenario::Burst, true) => (2.0, 0.0, 4.0),
             (Scenario::Sigterm, false) => (4.0, 0.0, 1.0),
             (Scenario::Sigterm, true) => (2.0, 0.0, 1.0),
+            (Scenario::StreamCut, false) => (2.0, 14.0, 0.0),
+            (Scenario::StreamCut, true) => (2.0, 7.0, 0.0),
+            (Scenario::StreamHang, false) => (3.0, 10.0, 9.0),
+            (Scenario::StreamHang, true) => (2.0, 6.0, 8.0),
         }
     }
 }
@@ -329,6 +353,8 @@ struct World {
 
 struct WorldOpts {
     sim_latency_ms: u64,
+    /// Extra command-line flags of the simulator (its default behaviour).
+    sim_args: Vec<String>,
     env: Vec<(&'static str, String)>,
 }
 
@@ -349,6 +375,7 @@ impl World {
         cmd.args(["--listen", &format!("127.0.0.1:{sim_port}")])
             .args(["--latency-ms", &opts.sim_latency_ms.to_string()])
             .args(["--seed", &SEED.to_string()])
+            .args(&opts.sim_args)
             .env_clear()
             .envs(base_env())
             .env("RUST_LOG", "warn")
@@ -572,6 +599,25 @@ struct Rec {
     end: f64,
     outcome: Outcome,
     burst: bool,
+    /// What a streamed request saw (`None` for a one-shot request, or a stream refused
+    /// with a JSON error before any event).
+    stream: Option<StreamRec>,
+}
+
+/// One server-sent-event answer, as the client assembled it.
+#[derive(Clone, Copy, Debug)]
+struct StreamRec {
+    /// Seconds from sending the request to the first `delta` event.
+    ttft: Option<f64>,
+    /// The stream ended with exactly one `done`, as its last event.
+    done: bool,
+    /// The `delta` texts after the last `reset`, concatenated, equal `done.answer`.
+    assembled_ok: bool,
+    /// For answers from a model or the cache: `done.answer` is the simulator's whole
+    /// answer (or, for a continued answer, the cut text and its continuation).
+    whole: Option<bool>,
+    continued: bool,
+    resets: u32,
 }
 
 impl Rec {
@@ -646,7 +692,251 @@ async fn ask(client: &reqwest::Client, url: &str, question: &str, t0: Instant, b
         end: secs(t0),
         outcome,
         burst,
+        stream: None,
     }
+}
+
+/// The simulator's answers, to tell a whole answer from a truncated one: the `ok` answer
+/// of each model to each tier's prompt, and to each tier's continuation prompt.
+struct Expect {
+    primary_prompt: String,
+    secondary_prompt: String,
+    primary_continue: String,
+    secondary_continue: String,
+}
+
+impl Expect {
+    /// The prompts of `config/default.toml`, which the service runs with.
+    fn load(root: &Path) -> Result<Expect, String> {
+        let file = root.join("config/default.toml");
+        let cfg =
+            resilient_qa::config::Config::load(Some(&file), &std::collections::HashMap::new())
+                .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+        Ok(Expect {
+            primary_prompt: cfg.primary.prompt,
+            secondary_prompt: cfg.secondary.prompt,
+            primary_continue: cfg.primary.continue_prompt,
+            secondary_continue: cfg.secondary.continue_prompt,
+        })
+    }
+
+    /// The simulator's whole `ok` answer of `model` to `question`.
+    fn answer(&self, model: &str, question: &str) -> String {
+        let prompt = if model == SECONDARY {
+            &self.secondary_prompt
+        } else {
+            &self.primary_prompt
+        };
+        format!(
+            "[{model}] simulated answer to: {}",
+            prompt.replace("{question}", question)
+        )
+    }
+
+    /// The simulator's whole answer of `model` to a request to continue.
+    fn continuation(&self, model: &str) -> String {
+        let prompt = if model == SECONDARY {
+            &self.secondary_continue
+        } else {
+            &self.primary_continue
+        };
+        format!("[{model}] simulated answer to: {prompt}")
+    }
+
+    /// Whether `answer` is whole: `None` for sources the simulator did not write.
+    fn whole(
+        &self,
+        question: &str,
+        source: Source,
+        model: Option<&str>,
+        answer: &str,
+        continued: bool,
+    ) -> Option<bool> {
+        let firsts = [
+            self.answer(PRIMARY, question),
+            self.answer(SECONDARY, question),
+        ];
+        match source {
+            // Stitched answers are never cached: a hit is one model's whole answer.
+            Source::Cache => Some(firsts.iter().any(|a| a == answer)),
+            Source::Primary | Source::Secondary => {
+                let model = model.unwrap_or(if source == Source::Primary {
+                    PRIMARY
+                } else {
+                    SECONDARY
+                });
+                if !continued {
+                    return Some(answer == self.answer(model, question));
+                }
+                // Text cut off by one call, continued by the next: a non-empty prefix of
+                // a model's answer to the question, then any number of cut prefixes of
+                // continuations, then the finishing model's whole continuation.
+                let Some(mut rest) = answer.strip_suffix(self.continuation(model).as_str()) else {
+                    return Some(false);
+                };
+                let conts = [self.continuation(PRIMARY), self.continuation(SECONDARY)];
+                let mut candidates: &[String] = &firsts;
+                let mut segments = 0;
+                while !rest.is_empty() {
+                    let longest = candidates
+                        .iter()
+                        .map(|c| common_prefix(rest, c))
+                        .max()
+                        .unwrap_or(0);
+                    if longest == 0 {
+                        return Some(false);
+                    }
+                    rest = &rest[longest..];
+                    candidates = &conts;
+                    segments += 1;
+                }
+                Some(segments > 0)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Length in bytes of the longest common prefix of `a` and `b`, on a character boundary.
+fn common_prefix(a: &str, b: &str) -> usize {
+    a.char_indices()
+        .zip(b.chars())
+        .take_while(|((_, x), y)| x == y)
+        .last()
+        .map_or(0, |((i, c), _)| i + c.len_utf8())
+}
+
+/// `POST /ask` with `Accept: text/event-stream`, read event by event.
+async fn ask_stream(
+    client: &reqwest::Client,
+    url: &str,
+    question: &str,
+    t0: Instant,
+    expect: &Expect,
+) -> Rec {
+    use futures_util::StreamExt as _;
+    let start = secs(t0);
+    let sent = Instant::now();
+    let mut stream = None;
+    let outcome = match client
+        .post(url)
+        .header("accept", "text/event-stream")
+        .json(&json!({ "question": question }))
+        .send()
+        .await
+    {
+        Err(e) => Outcome::Transport(classify_error(&e)),
+        Ok(resp) => {
+            let status = resp.status().as_u16();
+            let retry_after = resp.headers().contains_key("retry-after");
+            let is_stream = resp
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with("text/event-stream"));
+            if status != 200 || !is_stream {
+                match resp.bytes().await {
+                    Err(e) => Outcome::Transport(classify_error(&e)),
+                    Ok(body) => {
+                        let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                        match status {
+                            200 => Outcome::BadAnswer,
+                            503 if v["error"]["code"] == "overloaded" => {
+                                Outcome::Overloaded { retry_after }
+                            }
+                            other => Outcome::Status(other),
+                        }
+                    }
+                }
+            } else {
+                let mut body = resp.bytes_stream();
+                let mut buf: Vec<u8> = Vec::new();
+                let mut events: Vec<(String, Value)> = Vec::new();
+                let mut ttft = None;
+                let mut failed = None;
+                while let Some(chunk) = body.next().await {
+                    match chunk {
+                        Err(e) => {
+                            failed = Some(classify_error(&e));
+                            break;
+                        }
+                        Ok(bytes) => {
+                            buf.extend_from_slice(&bytes);
+                            while let Some(pos) = buf.windows(2).position(|w| w == b"\n\n") {
+                                let block: Vec<u8> = buf.drain(..pos + 2).collect();
+                                if let Some(event) = parse_event(&block) {
+                                    if ttft.is_none() && event.0 == "delta" {
+                                        ttft = Some(sent.elapsed().as_secs_f64());
+                                    }
+                                    events.push(event);
+                                }
+                            }
+                        }
+                    }
+                }
+                let dones = events.iter().filter(|e| e.0 == "done").count();
+                let done = dones == 1 && events.last().is_some_and(|e| e.0 == "done");
+                let after_reset = events
+                    .iter()
+                    .rposition(|e| e.0 == "reset")
+                    .map_or(0, |i| i + 1);
+                let assembled: String = events[after_reset..]
+                    .iter()
+                    .filter(|e| e.0 == "delta")
+                    .filter_map(|e| e.1["text"].as_str())
+                    .collect();
+                let resets = events.iter().filter(|e| e.0 == "reset").count() as u32;
+                let data = events.last().map(|e| &e.1).filter(|_| done);
+                let answer = data.and_then(|d| d["answer"].as_str()).unwrap_or("");
+                let source = data.and_then(|d| d["source"].as_str()).map(Source::parse);
+                let continued = data.is_some_and(|d| d["continued"] == true);
+                let whole = source.and_then(|s| {
+                    expect.whole(
+                        question,
+                        s,
+                        data.and_then(|d| d["model"].as_str()),
+                        answer,
+                        continued,
+                    )
+                });
+                stream = Some(StreamRec {
+                    ttft,
+                    done,
+                    assembled_ok: done && assembled == answer,
+                    whole,
+                    continued,
+                    resets,
+                });
+                match (done, source, failed) {
+                    (true, Some(s), _) if !answer.trim().is_empty() => Outcome::Answered(s),
+                    (false, _, Some(t)) => Outcome::Transport(t),
+                    _ => Outcome::BadAnswer,
+                }
+            }
+        }
+    };
+    Rec {
+        start,
+        end: secs(t0),
+        outcome,
+        burst: false,
+        stream,
+    }
+}
+
+/// One server-sent event block: its name and its data (JSON); comments give `None`.
+fn parse_event(block: &[u8]) -> Option<(String, Value)> {
+    let text = String::from_utf8_lossy(block);
+    let mut event = None;
+    let mut data = String::new();
+    for line in text.lines() {
+        if let Some(e) = line.strip_prefix("event:") {
+            event = Some(e.trim().to_owned());
+        } else if let Some(d) = line.strip_prefix("data:") {
+            data.push_str(d.strip_prefix(' ').unwrap_or(d));
+        }
+    }
+    Some((event?, serde_json::from_str(&data).unwrap_or(Value::Null)))
 }
 
 fn load_client() -> Result<reqwest::Client, String> {
@@ -667,6 +957,7 @@ async fn client_loop(
     tag: String,
     t0: Instant,
     stop: Arc<AtomicBool>,
+    stream: Option<Arc<Expect>>,
 ) -> Result<Vec<Rec>, String> {
     let client = load_client()?;
     let mut rng = fastrand::Rng::with_seed(SEED.wrapping_mul(1000) + id as u64);
@@ -682,7 +973,10 @@ async fn client_loop(
                 rng.u32(100_000..1_000_000)
             )
         };
-        let rec = ask(&client, &url, &question, t0, false).await;
+        let rec = match &stream {
+            Some(expect) => ask_stream(&client, &url, &question, t0, expect).await,
+            None => ask(&client, &url, &question, t0, false).await,
+        };
         let answered = rec.source().is_some();
         recs.push(rec);
         if !answered {
@@ -918,12 +1212,26 @@ struct Data {
 
 impl Load {
     fn start(world: &World, sc: Scenario) -> Load {
+        Load::start_with(world, sc, None)
+    }
+
+    /// With `stream`, the clients ask for server-sent events and check every answer.
+    fn start_with(world: &World, sc: Scenario, stream: Option<Arc<Expect>>) -> Load {
         let t0 = Instant::now();
         let stop = Arc::new(AtomicBool::new(false));
         let url = format!("{}/ask", world.svc_base);
         let tag = format!("{}-{}", sc.name(), unix_secs());
         let clients = (0..CLIENTS)
-            .map(|id| tokio::spawn(client_loop(id, url.clone(), tag.clone(), t0, stop.clone())))
+            .map(|id| {
+                tokio::spawn(client_loop(
+                    id,
+                    url.clone(),
+                    tag.clone(),
+                    t0,
+                    stop.clone(),
+                    stream.clone(),
+                ))
+            })
             .collect();
         let monitor = tokio::spawn(monitor(
             world.http.clone(),
@@ -1035,6 +1343,11 @@ struct Report {
     calls_per_request: Option<f64>,
     primary_share: Option<f64>,
     recovery_ms: Option<f64>,
+    /// Streaming scenarios: client-measured p99 from sending to the first `delta`, over
+    /// the streams started in the fault's window.
+    ttft_p99: Option<f64>,
+    /// Streaming scenarios: share of the model answers that carry `continued`.
+    continued_share: Option<f64>,
     checks: Vec<Check>,
     notes: Vec<String>,
 }
@@ -1284,11 +1597,13 @@ struct Ctx {
     bins: PathBuf,
     tmp: PathBuf,
     quick: bool,
+    expect: Arc<Expect>,
 }
 
 fn default_opts() -> WorldOpts {
     WorldOpts {
         sim_latency_ms: SIM_LATENCY_MS,
+        sim_args: Vec::new(),
         env: Vec::new(),
     }
 }
@@ -1347,6 +1662,7 @@ async fn run_scenario(ctx: &Ctx, sc: Scenario) -> Report {
         Scenario::PrimaryFlaky => primary_flaky(ctx).await,
         Scenario::Burst => burst_scenario(ctx).await,
         Scenario::Sigterm => sigterm(ctx).await,
+        Scenario::StreamCut | Scenario::StreamHang => stream_fault(ctx, sc).await,
     };
     let mut report = result.unwrap_or_else(|e| Report::failed(sc.name(), e));
     report.name = sc.name();
@@ -1632,6 +1948,7 @@ async fn burst_scenario(ctx: &Ctx) -> Result<Report, String> {
     let (warm, _, after) = sc.phases(ctx.quick);
     let opts = WorldOpts {
         sim_latency_ms: BURST_SIM_LATENCY_MS,
+        sim_args: Vec::new(),
         env: vec![(
             "QA__LIMITS__MAX_CONCURRENT_REQUESTS",
             BURST_LIMIT.to_string(),
@@ -1848,6 +2165,255 @@ async fn sigterm(ctx: &Ctx) -> Result<Report, String> {
     Ok(r)
 }
 
+/// The simulator's behaviour in the streaming scenarios, with `extra` keys added.
+fn stream_behavior(extra: Value) -> Value {
+    let mut b = json!({
+        "latency_ms": SIM_LATENCY_MS,
+        "stream_piece_chars": STREAM_PIECE_CHARS,
+        "stream_interval_ms": STREAM_INTERVAL_MS,
+        "stream_cut_after": STREAM_CUT_AFTER,
+    });
+    if let (Some(b), Value::Object(extra)) = (b.as_object_mut(), extra) {
+        b.extend(extra);
+    }
+    b
+}
+
+fn stream_opts() -> WorldOpts {
+    let mut opts = default_opts();
+    opts.sim_args = vec![
+        "--stream-piece-chars".into(),
+        STREAM_PIECE_CHARS.to_string(),
+        "--stream-interval-ms".into(),
+        STREAM_INTERVAL_MS.to_string(),
+        "--stream-cut-after".into(),
+        STREAM_CUT_AFTER.to_string(),
+    ];
+    for (key, value) in [
+        (
+            "QA__PRIMARY__FIRST_TOKEN_TIMEOUT_MS",
+            FIRST_TOKEN_TIMEOUT_MS,
+        ),
+        (
+            "QA__SECONDARY__FIRST_TOKEN_TIMEOUT_MS",
+            FIRST_TOKEN_TIMEOUT_MS,
+        ),
+        (
+            "QA__PRIMARY__STREAM_IDLE_TIMEOUT_MS",
+            STREAM_IDLE_TIMEOUT_MS,
+        ),
+        (
+            "QA__SECONDARY__STREAM_IDLE_TIMEOUT_MS",
+            STREAM_IDLE_TIMEOUT_MS,
+        ),
+    ] {
+        opts.env.push((key, value.to_string()));
+    }
+    opts
+}
+
+/// Client-measured times to the first `delta`, in ms, sorted.
+fn ttfts<'a>(recs: impl Iterator<Item = &'a Rec>) -> Vec<f64> {
+    let mut v: Vec<f64> = recs
+        .filter_map(|r| r.stream.and_then(|s| s.ttft))
+        .map(|t| t * 1000.0)
+        .collect();
+    v.sort_by(f64::total_cmp);
+    v
+}
+
+/// The correctness checks every streaming scenario gets.
+fn stream_checks(r: &mut Report, recs: &[Rec]) {
+    let streams = recs.iter().filter(|x| x.stream.is_some()).count();
+    let no_done: Vec<&Rec> = recs
+        .iter()
+        .filter(|x| match x.stream {
+            Some(s) => !s.done,
+            None => matches!(x.outcome, Outcome::Transport(_)),
+        })
+        .collect();
+    r.checks.push(check(
+        "every stream ends with done",
+        format!(
+            "{} of {streams} streams without a final done ({} transport errors)",
+            no_done.len(),
+            no_done
+                .iter()
+                .filter(|x| matches!(x.outcome, Outcome::Transport(_)))
+                .count()
+        ),
+        "0",
+        no_done.is_empty() && streams > 0,
+    ));
+    let mismatched = recs
+        .iter()
+        .filter(|x| x.stream.is_some_and(|s| s.done && !s.assembled_ok))
+        .count();
+    r.checks.push(check(
+        "no truncation: deltas after the last reset = done.answer",
+        format!("{mismatched} differ"),
+        "0",
+        mismatched == 0,
+    ));
+    let judged = recs
+        .iter()
+        .filter(|x| x.stream.is_some_and(|s| s.whole.is_some()))
+        .count();
+    let partial = recs
+        .iter()
+        .filter(|x| x.stream.is_some_and(|s| s.whole == Some(false)))
+        .count();
+    r.checks.push(check(
+        "model and cache answers are the simulator's whole text",
+        format!("{partial} of {judged} not whole"),
+        "0",
+        partial == 0 && judged > 0,
+    ));
+}
+
+/// The streaming scenarios: 50 clients ask for server-sent events while the primary
+/// cuts 30% of its streams mid-way (`stream_cut`) or hangs (`stream_hang`).
+async fn stream_fault(ctx: &Ctx, sc: Scenario) -> Result<Report, String> {
+    let (warm, fault, after) = sc.phases(ctx.quick);
+    let world = World::start(ctx, sc, stream_opts()).await?;
+    world.put_model(PRIMARY, stream_behavior(json!({}))).await?;
+    world
+        .put_model(SECONDARY, stream_behavior(json!({})))
+        .await?;
+    let load = Load::start_with(&world, sc, Some(ctx.expect.clone()));
+    load.sleep_to(warm).await;
+    let broken = match sc {
+        Scenario::StreamCut => json!({ "mix": { "cut": STREAM_CUT_SHARE } }),
+        _ => json!({ "mix": { "stall_first": 0.5, "hang": 0.5 } }),
+    };
+    world.put_model(PRIMARY, stream_behavior(broken)).await?;
+    let t_fault = load.now();
+    load.sleep_to(warm + fault).await;
+    let t_heal = load.now();
+    if after > 0.0 {
+        world.put_model(PRIMARY, stream_behavior(json!({}))).await?;
+        load.sleep_to(warm + fault + after).await;
+    }
+    let data = load.finish().await?;
+    let metrics = match world
+        .http
+        .get(format!("{}/metrics", world.svc_base))
+        .send()
+        .await
+    {
+        Ok(resp) => resp.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    let log = world.log_summary();
+    drop(world);
+
+    let mut r = Report::default();
+    common(&mut r, &data.recs, default_verdict, false);
+    stream_checks(&mut r, &data.recs);
+    // The fault's window; the last 0.5 s cut so that its requests finished under it.
+    let (from, to) = (t_fault, t_heal - 0.5);
+    let window: Vec<&Rec> = data
+        .recs
+        .iter()
+        .filter(|x| in_window(x, from, to))
+        .collect();
+    let model_answers: Vec<&Rec> = window
+        .iter()
+        .copied()
+        .filter(|x| matches!(x.source(), Some(Source::Primary | Source::Secondary)))
+        .collect();
+    let continued = model_answers
+        .iter()
+        .filter(|x| x.stream.is_some_and(|s| s.continued))
+        .count();
+    r.continued_share =
+        (!model_answers.is_empty()).then(|| continued as f64 / model_answers.len() as f64);
+    r.primary_share = primary_share(&data.recs, from, to).1;
+    let all_ttft = ttfts(data.recs.iter());
+    let win_ttft = ttfts(window.iter().copied());
+    r.ttft_p99 = percentile(&win_ttft, 0.99);
+    let model_ttft = ttfts(model_answers.iter().copied());
+    if sc == Scenario::StreamCut {
+        r.checks.push(check(
+            "streams broken mid-way were continued (sanity)",
+            format!(
+                "{continued} continued of {} model answers in the fault window",
+                model_answers.len()
+            ),
+            "> 0",
+            continued > 0,
+        ));
+    } else {
+        r.recovery_ms = recovery_after(&data.recs, t_heal, Source::Primary);
+    }
+    let resets: u32 = data
+        .recs
+        .iter()
+        .filter_map(|x| x.stream.map(|s| s.resets))
+        .sum();
+    r.notes.push(format!(
+        "fault at {t_fault:.1} s{}; window {from:.1}–{to:.1} s: {} streams, latency to done p50 {}, p99 {}",
+        if after > 0.0 {
+            format!(", healed at {t_heal:.1} s")
+        } else {
+            " to the end".to_owned()
+        },
+        window.len(),
+        fmt_ms(percentile(&latencies(window.iter().copied()), 0.5)),
+        fmt_ms(percentile(&latencies(window.iter().copied()), 0.99))
+    ));
+    r.notes.push(format!(
+        "time to first token (send → first delta): all streams p50 {}, p99 {}, max {}; in the window p50 {}, p99 {}; model answers in the window p50 {}, p99 {}",
+        fmt_ms(percentile(&all_ttft, 0.5)),
+        fmt_ms(percentile(&all_ttft, 0.99)),
+        fmt_ms(all_ttft.last().copied()),
+        fmt_ms(percentile(&win_ttft, 0.5)),
+        fmt_ms(percentile(&win_ttft, 0.99)),
+        fmt_ms(percentile(&model_ttft, 0.5)),
+        fmt_ms(percentile(&model_ttft, 0.99)),
+    ));
+    r.notes.push(format!(
+        "continued answers in the window: {continued} of {} model answers ({}); resets seen by clients: {resets}; qa_stream_interruptions_total: {}",
+        model_answers.len(),
+        fmt_pct(r.continued_share),
+        ["continued", "reset"]
+            .iter()
+            .flat_map(|action| [PRIMARY_TIER, SECONDARY_TIER].map(|tier| (tier, *action)))
+            .map(|(tier, action)| format!(
+                "{tier}/{action} {}",
+                metric_sum(
+                    &metrics,
+                    "qa_stream_interruptions_total",
+                    &[("tier", tier), ("action", action)]
+                )
+                .map_or("—".into(), |v| format!("{v:.0}"))
+            ))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    r.notes.push(sources_note(
+        "answers in the window",
+        window.iter().copied(),
+    ));
+    if after > 0.0 {
+        let healed: Vec<&Rec> = data.recs.iter().filter(|x| x.start >= t_heal).collect();
+        r.notes.push(format!(
+            "{}; primary answers again {} after the heal",
+            sources_note("answers after heal", healed.into_iter()),
+            fmt_ms(r.recovery_ms)
+        ));
+    }
+    r.notes.push(format!(
+        "primary circuit in the window: {}",
+        max_circuit(&data.samples, from, to, |s| s.primary_circuit)
+    ));
+    r.notes.push(log);
+    Ok(r)
+}
+
+const PRIMARY_TIER: &str = "primary";
+const SECONDARY_TIER: &str = "secondary";
+
 // ---------------------------------------------------------------------------------------
 // Output
 
@@ -1855,14 +2421,17 @@ fn table(reports: &[Report]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "| scenario | requests | 200s | 5xx | overloaded | transport errors | p50 | p99 | max | upstream calls/request | primary share | recovery | checks |"
+        "| scenario | requests | 200s | 5xx | overloaded | transport errors | p50 | p99 | max | upstream calls/request | primary share | recovery | TTFT p99 | continued | checks |"
     );
-    let _ = writeln!(out, "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|");
+    let _ = writeln!(
+        out,
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|"
+    );
     for r in reports {
         let failed = r.checks.iter().filter(|c| !c.pass).count();
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.name,
             r.requests,
             r.ok,
@@ -1876,6 +2445,8 @@ fn table(reports: &[Report]) -> String {
                 .map_or("—".into(), |v| format!("{v:.2}")),
             fmt_pct(r.primary_share),
             fmt_ms(r.recovery_ms),
+            fmt_ms(r.ttft_p99),
+            fmt_pct(r.continued_share),
             if failed == 0 {
                 format!("PASS ({})", r.checks.len())
             } else {
@@ -1989,6 +2560,25 @@ answers them). A monitor samples the simulator's `GET /control/calls` and the se
 | `primary_flaky` | `{\"latency_ms\":50,\"mix\":{\"503\":0.5}}` (seeded draws) for 16 s |
 | `burst` | `QA__LIMITS__MAX_CONCURRENT_REQUESTS=64`, simulator at 300 ms; 500 requests with unique questions fired at once (each on a connection opened beforehand, so the kernel's accept queue is not what is measured) on top of the 50 clients |
 | `sigterm` | `kill -TERM` the service under load; wait for it to exit (at most grace + 5 s) |
+| `stream_cut` | streaming clients (below); `{\"mix\":{\"cut\":0.3}}` on the primary for 14 s: 30% of its streams are cut after 4 pieces |
+| `stream_hang` | streaming clients; `{\"mix\":{\"stall_first\":0.5,\"hang\":0.5}}` on the primary for 10 s (headers then nothing, or nothing at all), then healed |
+
+**Streaming scenarios.** The 50 clients send `Accept: text/event-stream` and read every
+event as it arrives. The simulator streams both models at a pace
+(`--stream-piece-chars 8 --stream-interval-ms 10 --stream-cut-after 4`, on top of its
+50 ms latency; an answer is some 15–20 pieces), and the service runs with
+`QA__{PRIMARY,SECONDARY}__FIRST_TOKEN_TIMEOUT_MS=1250` and `…__STREAM_IDLE_TIMEOUT_MS=2500`
+(the defaults, 5 s and 10 s, scaled to the 5 s deadline as the attempt timeouts are). For
+every stream the runner checks: exactly one `done`, as the last event; the `delta` texts
+after the last `reset`, concatenated, equal `done.answer`; and the answer is whole: a
+model answer is the simulator's whole answer to the tier's prompt (from
+`config/default.toml`), or, when `done` says `continued`, a cut prefix of it followed by
+the finishing model's whole answer to the continuation prompt (with any cut continuations
+between); a cache answer is one model's whole answer. **TTFT p99** is client-measured, from
+sending the request to the first `delta` event, over the streams started in the fault's
+window (cache hits included; the notes give it over the whole run and for model answers
+alone). **continued** is the share of model answers, in the fault
+window, that `done` marks `continued`.
 
 `--quick` shortens the phases (the heal phases stay ≥ `open_ms` + 3 s so recovery can be
 seen).
@@ -2018,7 +2608,8 @@ seen).
   1 half-open, 2 open), in the notes.
 
 Targets: no 5xx (but `overloaded` in `burst`); every accepted request answered; p99 within
-the deadline; primary down with the breaker open → ≤ 1.2 upstream calls per request and
+the deadline; every stream ends with `done`, no truncated or partial answer (streaming
+scenarios; their time to first token and continued share are reported, not asserted); primary down with the breaker open → ≤ 1.2 upstream calls per request and
 p99 < 150 ms; primary 50% flaky → every request answered by a model, ≥ 85% by the primary,
 p99 < 1 s; healed → primary answers again within `breaker.open_ms` + 2 s; cache hits resume
 after Redis returns; `overloaded` returned at once (≤ 100 ms) with `Retry-After`, and the
@@ -2076,7 +2667,8 @@ usage: chaos [--quick] [--scenario NAME]... [--out PATH] [--keep-logs]
 
   --quick          shorter phases (about half the time)
   --scenario NAME  run only this scenario (repeatable, or comma-separated):
-                   redis_killed, primary_down, primary_hang, primary_flaky, burst, sigterm
+                   redis_killed, primary_down, primary_hang, primary_flaky, burst, sigterm,
+                   stream_cut, stream_hang
   --out PATH       where to write the report (default docs/CHAOS.md)
   --keep-logs      keep the temporary directory of logs even when every check passed
 
@@ -2154,6 +2746,7 @@ async fn run(args: Args) -> Result<bool, String> {
     ));
     std::fs::create_dir_all(&tmp).map_err(|e| format!("mkdir {}: {e}", tmp.display()))?;
     let ctx = Ctx {
+        expect: Arc::new(Expect::load(&root)?),
         root: root.clone(),
         bins,
         tmp,

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Chaos suite: builds the release binaries, then runs examples/chaos.rs, which starts a
 # private redis-server, upstream-sim and resilient-qa per scenario on free 127.0.0.1
-# ports, drives 50 looping clients, injects one fault at a time and writes docs/CHAOS.md.
+# ports, drives 50 looping clients (streaming ones in stream_cut and stream_hang),
+# injects one fault at a time and writes docs/CHAOS.md.
 #
-#   scripts/chaos.sh                         # every scenario (about 2 minutes + the build)
+#   scripts/chaos.sh                         # every scenario (about 3 minutes + the build)
 #   scripts/chaos.sh --quick                 # shorter phases
 #   scripts/chaos.sh --scenario primary_down # one scenario (repeatable, or a,b,c)
 #
