@@ -370,6 +370,12 @@ impl Pipeline {
             }
         };
         let client = &guarded.client;
+        // An answer that ran past a size cap is not continued by anyone: the walk resets
+        // and the tiers after the models answer.
+        if call.progress.lock().is_ok_and(|p| p.runaway) {
+            self.fallback(client.tier, GiveUp::NonRetryable);
+            return None;
+        }
         if Instant::now() >= deadline {
             self.fallback(client.tier, GiveUp::Deadline);
             return None;

@@ -30,6 +30,9 @@ pub struct UpstreamError {
     /// chain... Never carries a URL (reqwest's errors are stripped of theirs), but may
     /// name internal hosts: [`UpstreamError::public_message`] is what leaves the process.
     pub message: String,
+    /// The answer passed the tier's `max_response_bytes`: a runaway answer, which no call
+    /// should be asked to continue.
+    pub oversized: bool,
 }
 
 impl Transient for UpstreamError {
@@ -62,6 +65,7 @@ impl UpstreamError {
             transient,
             retry_after: None,
             message: message.into(),
+            oversized: false,
         }
     }
 
@@ -109,6 +113,7 @@ impl UpstreamError {
             transient,
             retry_after,
             message,
+            oversized: false,
         }
     }
 
@@ -370,11 +375,14 @@ impl CompletionStream {
             };
             self.bytes = self.bytes.saturating_add(event.data.len());
             if self.bytes > self.max_bytes {
-                return Err(UpstreamError::new(
-                    ErrorKind::InvalidResponse,
-                    true,
-                    format!("streamed answer larger than {} bytes", self.max_bytes),
-                ));
+                return Err(UpstreamError {
+                    oversized: true,
+                    ..UpstreamError::new(
+                        ErrorKind::InvalidResponse,
+                        false,
+                        format!("streamed answer larger than {} bytes", self.max_bytes),
+                    )
+                });
             }
             let data = event.data.trim();
             if data == "[DONE]" {

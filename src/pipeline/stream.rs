@@ -20,6 +20,8 @@ pub(super) struct Progress {
     pub(super) writers: u32,
     /// The tier of the last call that wrote some of `sent`.
     pub(super) last_writer: Option<Tier>,
+    /// A call's answer ran past its size cap: no later call is asked to continue it.
+    pub(super) runaway: bool,
     /// A break after text was sent, not yet counted: the tier whose call broke. Counted
     /// as `continued` once a later call writes on (or finishes the answer), or as `reset`
     /// when the walk gives up.
@@ -70,10 +72,13 @@ impl Pipeline {
                 Ok(Some(piece)) => piece,
                 Ok(None) => break,
                 Err(e) => {
-                    // A call that broke before writing anything changed nothing: a break
-                    // still pending stays the one to count.
-                    if wrote && let Ok(mut p) = call.progress.lock() {
-                        p.interrupted = Some(client.tier);
+                    if let Ok(mut p) = call.progress.lock() {
+                        // A call that broke before writing anything changed nothing: a
+                        // break still pending stays the one to count.
+                        if wrote {
+                            p.interrupted = Some(client.tier);
+                        }
+                        p.runaway |= e.oversized;
                     }
                     return Err(e);
                 }

@@ -454,3 +454,31 @@ async fn a_continuation_with_no_text_is_not_taken_for_the_rest_of_the_answer() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(redis.keys().await.is_empty());
 }
+
+#[tokio::test]
+async fn a_streamed_answer_past_the_size_cap_is_not_continued_but_reset() {
+    let redis = Redis::start();
+    let sim = healthy_sim().await;
+    sim.set_behavior(
+        "gpt-4o",
+        Behavior {
+            huge_body_bytes: Some(1 << 20),
+            ..always("huge")
+        },
+    );
+    let mut c = config(&redis, &sim);
+    c.primary.max_response_bytes = 200 * 1024;
+    let app = TestApp::spawn(c).await;
+
+    let (_, events) = stream(&app, "如何退货?").await;
+
+    let done = check(&events);
+    assert_eq!(events.iter().filter(|e| e.event == "reset").count(), 1);
+    assert_eq!(done["source"], "canned", "{done}");
+    assert_eq!(sim.calls("gpt-4o"), 1, "a runaway answer is not retried");
+    assert_eq!(
+        sim.calls("gpt-3.5-turbo"),
+        0,
+        "nor continued by the next tier"
+    );
+}
