@@ -614,7 +614,8 @@ struct StreamRec {
     /// The `delta` texts after the last `reset`, concatenated, equal `done.answer`.
     assembled_ok: bool,
     /// For answers from a model or the cache: `done.answer` is the simulator's whole
-    /// answer (or, for a continued answer, the cut text and its continuation).
+    /// answer (for a continued answer too: the simulator continues a cut text with the
+    /// rest of the answer it began).
     whole: Option<bool>,
     continued: bool,
     resets: u32,
@@ -697,12 +698,14 @@ async fn ask(client: &reqwest::Client, url: &str, question: &str, t0: Instant, b
 }
 
 /// The simulator's answers, to tell a whole answer from a truncated one: the `ok` answer
-/// of each model to each tier's prompt, and to each tier's continuation prompt.
+/// of each model to each tier's prompt (with the service's language instruction).
 struct Expect {
     primary_prompt: String,
     secondary_prompt: String,
-    primary_continue: String,
     secondary_continue: String,
+    primary_language: String,
+    secondary_language: String,
+    default_language: String,
 }
 
 impl Expect {
@@ -715,32 +718,32 @@ impl Expect {
         Ok(Expect {
             primary_prompt: cfg.primary.prompt,
             secondary_prompt: cfg.secondary.prompt,
-            primary_continue: cfg.primary.continue_prompt,
             secondary_continue: cfg.secondary.continue_prompt,
+            primary_language: cfg.primary.language_instruction,
+            secondary_language: cfg.secondary.language_instruction,
+            default_language: cfg.canned.default_language,
         })
     }
 
-    /// The simulator's whole `ok` answer of `model` to `question`.
+    /// The simulator's whole `ok` answer of `model` to `question`: to the tier's prompt,
+    /// with the language instruction the service adds for a question in another language
+    /// than the default one.
     fn answer(&self, model: &str, question: &str) -> String {
-        let prompt = if model == SECONDARY {
-            &self.secondary_prompt
+        let (prompt, instruction) = if model == SECONDARY {
+            (&self.secondary_prompt, &self.secondary_language)
         } else {
-            &self.primary_prompt
+            (&self.primary_prompt, &self.primary_language)
         };
-        format!(
-            "[{model}] simulated answer to: {}",
-            prompt.replace("{question}", question)
-        )
-    }
-
-    /// The simulator's whole answer of `model` to a request to continue.
-    fn continuation(&self, model: &str) -> String {
-        let prompt = if model == SECONDARY {
-            &self.secondary_continue
-        } else {
-            &self.primary_continue
-        };
-        format!("[{model}] simulated answer to: {prompt}")
+        let mut message = prompt.replace("{question}", question);
+        let language =
+            resilient_qa::faq::lang::detect(question).unwrap_or(self.default_language.as_str());
+        if language != self.default_language && !instruction.is_empty() {
+            message.push_str(&instruction.replace(
+                "{language}",
+                resilient_qa::faq::lang::english_name(language),
+            ));
+        }
+        format!("[{model}] simulated answer to: {message}")
     }
 
     /// Whether `answer` is whole: `None` for sources the simulator did not write.
@@ -768,42 +771,30 @@ impl Expect {
                 if !continued {
                     return Some(answer == self.answer(model, question));
                 }
-                // Text cut off by one call, continued by the next: a non-empty prefix of
-                // a model's answer to the question, then any number of cut prefixes of
-                // continuations, then the finishing model's whole continuation.
-                let Some(mut rest) = answer.strip_suffix(self.continuation(model).as_str()) else {
-                    return Some(false);
-                };
-                let conts = [self.continuation(PRIMARY), self.continuation(SECONDARY)];
-                let mut candidates: &[String] = &firsts;
-                let mut segments = 0;
-                while !rest.is_empty() {
-                    let longest = candidates
-                        .iter()
-                        .map(|c| common_prefix(rest, c))
-                        .max()
-                        .unwrap_or(0);
-                    if longest == 0 {
-                        return Some(false);
-                    }
-                    rest = &rest[longest..];
-                    candidates = &conts;
-                    segments += 1;
+                // Text cut off by one call and continued by the next: the simulator
+                // writes the rest of the answer the text began, so a stitched answer is
+                // one model's whole answer, with nothing lost or repeated. Except when
+                // the secondary continues the primary's text: it was sent its own prompt,
+                // so the simulator cannot know the rest and answers the continuation
+                // prompt; then the answer is a cut prefix of the primary's whole answer
+                // followed by that answer.
+                if firsts.iter().any(|a| a == answer) {
+                    return Some(true);
                 }
-                Some(segments > 0)
+                let across = format!(
+                    "[{SECONDARY}] simulated answer to: {}",
+                    self.secondary_continue
+                );
+                Some(
+                    model == SECONDARY
+                        && answer.strip_suffix(across.as_str()).is_some_and(|cut| {
+                            !cut.is_empty() && self.answer(PRIMARY, question).starts_with(cut)
+                        }),
+                )
             }
             _ => None,
         }
     }
-}
-
-/// Length in bytes of the longest common prefix of `a` and `b`, on a character boundary.
-fn common_prefix(a: &str, b: &str) -> usize {
-    a.char_indices()
-        .zip(b.chars())
-        .take_while(|((_, x), y)| x == y)
-        .last()
-        .map_or(0, |((i, c), _)| i + c.len_utf8())
 }
 
 /// `POST /ask` with `Accept: text/event-stream`, read event by event.
@@ -2572,9 +2563,12 @@ event as it arrives. The simulator streams both models at a pace
 every stream the runner checks: exactly one `done`, as the last event; the `delta` texts
 after the last `reset`, concatenated, equal `done.answer`; and the answer is whole: a
 model answer is the simulator's whole answer to the tier's prompt (from
-`config/default.toml`), or, when `done` says `continued`, a cut prefix of it followed by
-the finishing model's whole answer to the continuation prompt (with any cut continuations
-between); a cache answer is one model's whole answer. **TTFT p99** is client-measured, from
+`config/default.toml`, with the language instruction for an English question), and so is
+a `continued` one (the simulator continues a cut text with the rest of the answer it
+began: the stitched answer must be that whole answer, nothing lost or repeated), but for
+the secondary continuing the primary's text (sent with its own prompt, the simulator
+cannot know the rest: a cut prefix of the primary's answer, then the secondary's answer
+to the continuation prompt); a cache answer is one model's whole answer. **TTFT p99** is client-measured, from
 sending the request to the first `delta` event, over the streams started in the fault's
 window (cache hits included; the notes give it over the whole run and for model answers
 alone). **continued** is the share of model answers, in the fault
