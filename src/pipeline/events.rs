@@ -93,15 +93,6 @@ impl EventLog {
                 .any(|e| matches!(e, Event::Delta(_)))
         })
     }
-
-    /// The answer, once the walk is done.
-    pub fn done(&self) -> Option<Answer> {
-        let events = self.events.lock().ok()?;
-        match events.last() {
-            Some(Event::Done(answer)) => Some(answer.clone()),
-            _ => None,
-        }
-    }
 }
 
 /// One reader of a walk's events.

@@ -193,19 +193,15 @@ fn unknown_config_file_key_stops_start_up_naming_it() {
 #[test]
 fn api_key_never_appears_in_logs() {
     let dead_redis = format!("redis://127.0.0.1:{}", free_port());
-    let child = Command::new(BIN)
-        .env("OPENAI_API_KEY", "sk-very-secret-value")
+    let mut cmd = Command::new(BIN);
+    cmd.env("OPENAI_API_KEY", "sk-very-secret-value")
         .env("LISTEN_ADDR", "127.0.0.1:0")
         .env("REDIS_URL", dead_redis)
         .env("RUST_LOG", "debug")
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
-    signal(child.id(), "TERM");
-    let out = child.wait_with_output().unwrap();
+        .stderr(Stdio::piped());
+    let out = run_briefly(cmd);
 
     let logs = format!(
         "{}{}",
@@ -214,6 +210,14 @@ fn api_key_never_appears_in_logs() {
     );
     assert!(logs.contains("serving"), "{logs}");
     assert!(!logs.contains("sk-very-secret-value"));
+}
+
+/// Runs the binary for 1.5 s, stops it with SIGTERM and returns what it wrote.
+fn run_briefly(mut cmd: Command) -> std::process::Output {
+    let child = cmd.spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    signal(child.id(), "TERM");
+    child.wait_with_output().unwrap()
 }
 
 #[tokio::test]
@@ -433,18 +437,14 @@ fn the_config_file_is_found_from_any_folder_with_its_relative_paths() {
     std::fs::create_dir_all(&dir).unwrap();
     let config = concat!(env!("CARGO_MANIFEST_DIR"), "/config/default.toml");
     let dead_redis = format!("redis://127.0.0.1:{}", free_port());
-    let child = Command::new(BIN)
-        .args(["--config", config])
+    let mut cmd = Command::new(BIN);
+    cmd.args(["--config", config])
         .env("LISTEN_ADDR", "127.0.0.1:0")
         .env("REDIS_URL", dead_redis)
         .current_dir(&dir)
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
-    signal(child.id(), "TERM");
-    let out = child.wait_with_output().unwrap();
+        .stderr(Stdio::piped());
+    let out = run_briefly(cmd);
 
     assert_eq!(out.status.code(), Some(0));
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -146,14 +146,19 @@ async fn a_value_of_the_wrong_type_at_one_key_never_opens_the_redis_breaker() {
     );
 }
 
-#[tokio::test]
-async fn a_wrong_redis_password_is_reported_as_auth_failed() {
+/// `/readyz` of a service that logs in with `password` to a Redis requiring
+/// `right-password`.
+async fn readyz_with_password(password: &str) -> Value {
     let redis = Redis::start_with(&["--requirepass", "right-password"]);
     let sim = healthy_sim().await;
-    let url = format!("redis://:wrong-password@127.0.0.1:{}", redis.port);
+    let url = format!("redis://:{password}@127.0.0.1:{}", redis.port);
     let app = TestApp::spawn(test_config(&url, Some(&sim))).await;
+    app.get_json("/readyz").await.1
+}
 
-    let (_, ready) = app.get_json("/readyz").await;
+#[tokio::test]
+async fn a_wrong_redis_password_is_reported_as_auth_failed() {
+    let ready = readyz_with_password("wrong-password").await;
 
     assert_eq!(ready["checks"]["redis"], "auth_failed", "{ready}");
     assert_eq!(ready["status"], "degraded");
@@ -161,12 +166,7 @@ async fn a_wrong_redis_password_is_reported_as_auth_failed() {
 
 #[tokio::test]
 async fn the_right_redis_password_is_up() {
-    let redis = Redis::start_with(&["--requirepass", "right-password"]);
-    let sim = healthy_sim().await;
-    let url = format!("redis://:right-password@127.0.0.1:{}", redis.port);
-    let app = TestApp::spawn(test_config(&url, Some(&sim))).await;
-
-    let (_, ready) = app.get_json("/readyz").await;
+    let ready = readyz_with_password("right-password").await;
 
     assert_eq!(ready["checks"]["redis"], "up", "{ready}");
 }
