@@ -214,7 +214,13 @@ fn bench_per_request(c: &mut Criterion) {
     });
     let stats = Stats::new(300, 0.01);
     c.bench_function("per_request/stats_record_answer", |b| {
-        b.iter(|| stats.record_answer(black_box(Source::Cache), std::time::Instant::now()))
+        b.iter(|| {
+            stats.record_answer(
+                resilient_qa::telemetry::Api::Ask,
+                black_box(Source::Cache),
+                std::time::Instant::now(),
+            )
+        })
     });
 }
 

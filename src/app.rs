@@ -320,13 +320,18 @@ async fn watch_redis(cache: Arc<AnswerCache>) {
 /// The routes and the middleware stack. Layers, outermost first:
 /// request id (every response carries one; `Connection: close` once draining; no Host on
 /// HTTP/1.1 is 400) -> trace span (with the id, at DEBUG) -> CORS (when origins are
-/// configured) -> catch-panic (a panic becomes a JSON 500) -> routes; the answering routes
-/// add the guards of `guards.rs` (body limits, then load shedding).
+/// configured) -> OpenAI error shape (every error under `/v1/` rewritten, refusals counted
+/// by API) -> catch-panic (a panic becomes a JSON 500) -> routes; the answering routes
+/// (`/ask`, `/v1/chat/completions`) add the guards of `guards.rs` (body limits, then load
+/// shedding).
 pub fn router(state: AppState) -> Router {
     // The answering routes, behind the guards (`guards.rs` lists them in order).
     let answering = crate::guards::answering(
         state.clone(),
-        Router::new().route("/ask", post(routes::ask::ask)),
+        Router::new().route("/ask", post(routes::ask::ask)).route(
+            "/v1/chat/completions",
+            post(routes::openai::chat_completions),
+        ),
     );
     let mut app = Router::new()
         .merge(answering)
@@ -334,6 +339,8 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(routes::health::readyz))
         .route("/metrics", get(routes::metrics::metrics))
         .route("/stats", get(routes::metrics::stats))
+        .route("/v1/models", get(routes::openai::models))
+        .route("/v1/models/{model}", get(routes::openai::model))
         // Every method: with admin disabled each answers 404, so nothing tells they exist.
         .route("/admin/cache", any(routes::admin::delete_cache))
         .route("/admin/canned/reload", any(routes::admin::reload_canned))
@@ -342,6 +349,11 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(CatchPanicLayer::custom(
             |_: Box<dyn std::any::Any + Send>| ApiError::internal().into_response(),
+        ))
+        // Errors under /v1/ in OpenAI's shape; refusals counted by API.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            routes::openai::openai_errors,
         ))
         .with_state(state.clone());
 

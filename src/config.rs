@@ -61,6 +61,7 @@ pub struct Config {
     pub log: LogConfig,
     pub breaker: BreakerConfig,
     pub retry_budget: RetryBudgetConfig,
+    pub openai_api: OpenAiApiConfig,
     /// The reply when no tier has an answer, by ISO 639-1 language code; the question's
     /// language is used when present, else `canned.default_language`.
     pub default_reply: BTreeMap<String, String>,
@@ -194,6 +195,15 @@ pub struct BreakerConfig {
 }
 
 /// Retries may add at most `ratio` of first attempts (plus a floor) per tier.
+/// The OpenAI-compatible endpoint, `POST /v1/chat/completions`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenAiApiConfig {
+    /// Whether a client's `system` (and `developer`) messages reach the models; `false`
+    /// (the default) drops them, so that a client cannot replace the tiers' prompts.
+    pub allow_client_system: bool,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetryBudgetConfig {
@@ -306,6 +316,9 @@ impl Default for Config {
                 ratio: 1.0,
                 min_per_sec: 5,
                 window_secs: 10,
+            },
+            openai_api: OpenAiApiConfig {
+                allow_client_system: false,
             },
             default_reply: BTreeMap::from([
                 (

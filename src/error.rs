@@ -1,5 +1,7 @@
 //! The one error type of the HTTP boundary: a status, a stable code and a sentence for
-//! the person reading it, always as `{"error": {"code": ..., "message": ...}}`.
+//! the person reading it, as `{"error": {"code": ..., "message": ...}}`. The response
+//! carries the error in its extensions too, so that a route of another wire format (the
+//! OpenAI-compatible one) can write the same error in its own shape.
 
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -10,6 +12,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// The request field at fault, when there is one (OpenAI's `param`).
+    pub param: Option<&'static str>,
 }
 
 impl ApiError {
@@ -18,6 +22,15 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            param: None,
+        }
+    }
+
+    /// The same error, naming the request field at fault.
+    pub fn with_param(self, param: &'static str) -> Self {
+        ApiError {
+            param: Some(param),
+            ..self
         }
     }
 
@@ -105,11 +118,13 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
-        let mut resp = (self.status, Json(body)).into_response();
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+        let status = self.status;
+        let mut resp = (status, Json(body)).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
+        resp.extensions_mut().insert(self);
         resp
     }
 }

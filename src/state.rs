@@ -11,7 +11,7 @@ use tokio::sync::Semaphore;
 use crate::config::Config;
 use crate::pipeline::{Pipeline, Source};
 use crate::stats::Stats;
-use crate::telemetry::Metrics;
+use crate::telemetry::{Api, Metrics};
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -24,7 +24,7 @@ pub struct Shared {
     pub stats: Arc<Stats>,
     /// Set once shutdown has begun: `/readyz` answers 503.
     pub draining: AtomicBool,
-    /// Permits for requests in flight on `/ask`.
+    /// Permits for requests in flight on the answering routes.
     pub inflight: Arc<Semaphore>,
 }
 
@@ -41,12 +41,34 @@ impl AppState {
         self.metrics.rejected.with_label_values(&[code]).inc();
     }
 
+    /// Counts a refused request to an answering route, by API too.
+    pub fn reject_api(&self, api: Api, code: &str) {
+        self.metrics
+            .api_rejected
+            .with_label_values(&[api.as_str(), code])
+            .inc();
+    }
+
     /// Counts an answer, in the metrics and in the monitor.
-    pub fn record_answer(&self, source: Source, started: std::time::Instant, elapsed: Duration) {
+    pub fn record_answer(
+        &self,
+        api: Api,
+        source: Source,
+        started: std::time::Instant,
+        elapsed: Duration,
+    ) {
         if let Some((count, duration)) = self.metrics.answers.get(source as usize) {
             count.inc();
             duration.observe(elapsed.as_secs_f64());
         }
-        self.stats.record_answer(source, started + elapsed);
+        if let Some(count) = self
+            .metrics
+            .api_answers
+            .get(api as usize)
+            .and_then(|by_source| by_source.get(source as usize))
+        {
+            count.inc();
+        }
+        self.stats.record_answer(api, source, started + elapsed);
     }
 }

@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::pipeline::source::ErrorKind;
 use crate::pipeline::source::{Source, Tier};
+use crate::telemetry::Api;
 
 /// How many error events `/stats` keeps.
 pub const RECENT_ERRORS: usize = 50;
@@ -113,6 +114,8 @@ pub struct Stats {
     window_secs: u64,
     threshold: f64,
     totals: [AtomicU64; Source::COUNT],
+    /// Answers by API, by `Api as usize`.
+    by_api: [AtomicU64; 2],
     window: Mutex<Window>,
     errors: Mutex<Errors>,
     firing: AtomicBool,
@@ -125,6 +128,7 @@ impl Stats {
             window_secs,
             threshold,
             totals: Default::default(),
+            by_api: Default::default(),
             window: Mutex::new(Window::new(window_secs.max(1))),
             errors: Mutex::new(Errors::default()),
             firing: AtomicBool::new(false),
@@ -137,8 +141,11 @@ impl Stats {
 
     /// Counts an answer. The alert is re-evaluated (a sum over the whole window) at most
     /// once a second on this path, and at once when an error might start it firing.
-    pub fn record_answer(&self, source: Source, at: Instant) {
+    pub fn record_answer(&self, api: Api, source: Source, at: Instant) {
         self.totals[source as usize].fetch_add(1, Ordering::Relaxed);
+        if let Some(n) = self.by_api.get(api as usize) {
+            n.fetch_add(1, Ordering::Relaxed);
+        }
         let now = at.saturating_duration_since(self.started).as_secs();
         let new_second = match self.window.lock() {
             Ok(mut w) => {
@@ -232,6 +239,11 @@ impl Stats {
             total += n;
             by_source.insert(s.as_str().into(), n.into());
         }
+        let mut by_api = serde_json::Map::new();
+        for api in Api::ALL {
+            let n = self.by_api[api as usize].load(Ordering::Relaxed);
+            by_api.insert(api.as_str().into(), n.into());
+        }
         let (errors_total, by_kind, by_tier, recent) = match self.errors.lock() {
             Ok(e) => (
                 e.total,
@@ -244,6 +256,7 @@ impl Stats {
         serde_json::json!({
             "total": total,
             "by_source": by_source,
+            "by_api": by_api,
             "window_secs": self.window_secs,
             "success_ratio": ratios.success_ratio,
             "cache_hit_ratio": ratios.cache_hit_ratio,

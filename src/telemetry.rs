@@ -86,6 +86,27 @@ pub const CACHE_LAYERS: &[&str] = &["memory", "redis"];
 pub const CACHE_RESULTS: &[&str] = &["hit", "miss", "stale", "error"];
 pub const CACHE_WRITE_RESULTS: &[&str] = &["ok", "retried", "error", "dropped"];
 
+/// The API a question came in through: the `api` label of `qa_api_requests_total` and
+/// `qa_api_rejected_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Api {
+    /// `POST /ask`.
+    Ask,
+    /// `POST /v1/chat/completions`.
+    OpenAi,
+}
+
+impl Api {
+    pub const ALL: [Api; 2] = [Api::Ask, Api::OpenAi];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Api::Ask => "ask",
+            Api::OpenAi => "openai",
+        }
+    }
+}
+
 /// Every metric handle of the service.
 #[derive(Clone)]
 pub struct Metrics {
@@ -127,6 +148,14 @@ pub struct Metrics {
     /// `qa_requests_total` and `qa_request_duration_seconds` children, by `Source as
     /// usize`: resolved once, not hashed on every answer.
     pub answers: Vec<(prometheus::IntCounter, prometheus::Histogram)>,
+    /// `qa_api_requests_total{api,source}`: the answers of `qa_requests_total` by the
+    /// API they went out through.
+    pub api_requests: IntCounterVec,
+    /// Its children, by `Api as usize`, then `Source as usize`.
+    pub api_answers: Vec<Vec<prometheus::IntCounter>>,
+    /// `qa_api_rejected_total{api,code}`: the refusals of `qa_rejected_total` on the
+    /// answering routes, by API.
+    pub api_rejected: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -315,8 +344,31 @@ impl Metrics {
                 h
             },
             answers: Vec::new(),
+            api_requests: counter(
+                "qa_api_requests_total",
+                "Answers given, by the API they went out through (ask: POST /ask; openai: POST /v1/chat/completions) and the tier that gave them.",
+                &["api", "source"],
+            )?,
+            api_answers: Vec::new(),
+            api_rejected: counter(
+                "qa_api_rejected_total",
+                "Requests to the answering routes refused with an error, by API and error code.",
+                &["api", "code"],
+            )?,
             registry,
         };
+        m.api_answers = Api::ALL
+            .iter()
+            .map(|api| {
+                Source::ALL
+                    .iter()
+                    .map(|s| {
+                        m.api_requests
+                            .with_label_values(&[api.as_str(), s.as_str()])
+                    })
+                    .collect()
+            })
+            .collect();
         for s in Source::ALL {
             m.time_to_first_token.with_label_values(&[s.as_str()]);
         }

@@ -1431,6 +1431,7 @@ async fn stream_error_sends_an_openai_error_event_after_n_pieces_and_no_done() {
         json!({"error": {
             "message": "simulated error in the middle of the stream",
             "type": "server_error",
+            "param": null,
             "code": null,
         }})
     );

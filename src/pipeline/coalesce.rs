@@ -37,7 +37,9 @@ impl Pipeline {
     /// the walk through the returned subscriber, from its first event on.
     pub fn start(self: &Arc<Self>, miss: Miss, mode: Mode) -> Subscriber {
         let flight = (mode, miss.key.clone());
+        // A conversation's answer depends on more than its last question: never shared.
         let producer = match self.flights.lock() {
+            _ if miss.history.is_some() => EventLog::channel().0,
             Ok(mut flights) => match flights.get(&flight) {
                 Some(log) => {
                     self.metrics.coalesced.inc();
@@ -58,10 +60,10 @@ impl Pipeline {
         let span = tracing::info_span!("pipeline", request_id = %miss.request_id);
         tokio::spawn(tracing::Instrument::instrument(
             async move {
-                let _flight = FlightGuard {
+                let _flight = miss.history.is_none().then_some(FlightGuard {
                     flights: &pipeline.flights,
                     key: &flight,
-                };
+                });
                 let question = miss.question.clone();
                 let walked = catch_panic(pipeline.walk(miss, mode, &producer), &pipeline.metrics);
                 let answer = match walked.await {

@@ -165,6 +165,7 @@ mod tests {
             external: Duration::ZERO,
             continued: false,
             canned: None,
+            usage: None,
         }
     }
 

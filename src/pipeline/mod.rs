@@ -43,6 +43,8 @@ use canned::{CannedAnswers, Lookup};
 use coalesce::Flights;
 use events::{Event, Producer};
 use model::ModelClient;
+
+use crate::wire::openai::{ChatMessage, Usage};
 pub use source::{GiveUp, Source, Tier};
 use stream::Progress;
 
@@ -99,6 +101,8 @@ pub struct Answer {
     pub continued: bool,
     /// For a canned answer: the entry that matched.
     pub canned: Option<CannedMatch>,
+    /// Tokens the model call that wrote the answer cost, when the upstream said.
+    pub usage: Option<Usage>,
 }
 
 /// The canned entry behind an answer.
@@ -131,6 +135,8 @@ impl Miss {
 struct Call<'a> {
     request_id: &'a str,
     question: &'a str,
+    /// The conversation before the question (empty for a one-turn question).
+    history: &'a [ChatMessage],
     /// The question's language when it is not the default one: the models are told to
     /// answer in it.
     language: Option<&'a str>,
@@ -139,7 +145,8 @@ struct Call<'a> {
     out: &'a Producer,
 }
 
-/// A question the fresh cache did not have, with what the rest of the walk needs.
+/// A question the fresh cache did not have, with what the rest of the walk needs; or
+/// the last question of a conversation, which no cache answers.
 pub struct Miss {
     request_id: Arc<str>,
     question: String,
@@ -147,6 +154,11 @@ pub struct Miss {
     stale: Option<CachedAnswer>,
     deadline: Instant,
     external: Duration,
+    /// The conversation before the question: `None` for a one-turn question (cached,
+    /// shared with identical questions in flight, answered first by a sure canned
+    /// match); `Some` for a conversation, which only the models, the canned answers
+    /// and the default reply answer.
+    history: Option<Arc<[ChatMessage]>>,
 }
 
 /// How the model tiers are called for a walk: the whole answer at once (JSON `/ask`), or
@@ -195,11 +207,7 @@ impl Pipeline {
         started: Instant,
         request_id: &Arc<str>,
     ) -> Result<Answer, Miss> {
-        // `request_timeout` is bounded by config validation; a far instant still never
-        // overflows: it saturates to "no deadline sooner than an hour from now".
-        let deadline = started
-            .checked_add(self.request_timeout)
-            .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        let deadline = self.deadline(started);
         let normalized = normalize::normalize(question);
         let key = self.cache.key(&normalized);
         let found = self.cache.lookup(&key).await;
@@ -212,6 +220,7 @@ impl Pipeline {
                 external,
                 continued: false,
                 canned: None,
+                usage: None,
             }),
             None => Err(Miss {
                 request_id: request_id.clone(),
@@ -220,8 +229,38 @@ impl Pipeline {
                 stale: found.stale,
                 deadline,
                 external,
+                history: None,
             }),
         }
+    }
+
+    /// The walk for the last question of a conversation (`history`: the messages before
+    /// it, oldest first): no cache, no sharing with other requests, no stale answer.
+    pub fn conversation(
+        &self,
+        question: &str,
+        history: Vec<ChatMessage>,
+        started: Instant,
+        request_id: &Arc<str>,
+    ) -> Miss {
+        Miss {
+            request_id: request_id.clone(),
+            question: question.to_string(),
+            key: String::new(),
+            stale: None,
+            deadline: self.deadline(started),
+            external: Duration::ZERO,
+            history: Some(history.into()),
+        }
+    }
+
+    /// The request's deadline: `started` plus `server.request_timeout_ms`.
+    fn deadline(&self, started: Instant) -> Instant {
+        // `request_timeout` is bounded by config validation; a far instant still never
+        // overflows: it saturates to "no deadline sooner than an hour from now".
+        started
+            .checked_add(self.request_timeout)
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600))
     }
 
     /// The tiers after the fresh cache. A panic in the model tiers (a bug) does not skip
@@ -234,11 +273,16 @@ impl Pipeline {
             stale,
             deadline,
             mut external,
+            history,
         } = miss;
+        let conversation = history.is_some();
+        let history = history.as_deref().unwrap_or(&[]);
         // The canned answers are matched once: before the models when a sure match may
-        // answer first, else only when the models gave nothing.
+        // answer first (a one-turn question only: in a conversation the question may
+        // only make sense with what came before), else only when the models gave
+        // nothing.
         let mut lookup = None;
-        if self.canned.settings.answer_first_score.is_some() {
+        if self.canned.settings.answer_first_score.is_some() && !conversation {
             let first = self.canned_lookup(&question);
             if let Some(m) = first.matched()
                 && self.canned.answer_first(m)
@@ -256,6 +300,7 @@ impl Pipeline {
         let call = Call {
             request_id: &request_id,
             question: &question,
+            history,
             language,
             mode,
             progress: &progress,
@@ -268,8 +313,9 @@ impl Pipeline {
             if mode == Mode::Whole {
                 out.push(Event::Delta(answer.text.clone()));
             }
-            // A stitched answer was written by several calls: served, never cached.
-            if !answer.continued {
+            // A stitched answer was written by several calls: served, never cached; nor
+            // is the answer to a conversation, which depends on more than the question.
+            if !answer.continued && !conversation {
                 let entry = CachedAnswer {
                     answer: answer.text.clone(),
                     model: answer.model.clone().unwrap_or_else(|| Arc::from("")),
@@ -328,6 +374,7 @@ impl Pipeline {
                 external,
                 continued: false,
                 canned: None,
+                usage: None,
             };
         }
         Answer {
@@ -337,6 +384,7 @@ impl Pipeline {
             external,
             continued: false,
             canned: None,
+            usage: None,
         }
     }
 
@@ -400,7 +448,9 @@ impl Pipeline {
                     match call.mode {
                         Mode::Whole => {
                             let timeout = client.attempt_timeout.min(time_left);
-                            client.complete(call.question, call.language, timeout).await
+                            client
+                                .complete(call.question, call.language, call.history, timeout)
+                                .await
                         }
                         Mode::Stream => self.stream_call(client, call, time_left).await,
                     }
@@ -420,6 +470,7 @@ impl Pipeline {
                     external: Duration::ZERO,
                     continued,
                     canned: None,
+                    usage: c.usage,
                 })
             }
             Err(e) => {
@@ -457,6 +508,7 @@ fn canned_answer(m: &canned::Candidate, before_models: bool, external: Duration)
             score: m.score,
             before_models,
         }),
+        usage: None,
     }
 }
 

@@ -7,10 +7,13 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_LENGTH, HeaderMap, HeaderName, RETRY_AFTER};
 use secrecy::{ExposeSecret, SecretString};
-use serde::{Deserialize, Serialize};
 
 use crate::config::TierConfig;
 use crate::resilience::retry::{RetryPolicy, Transient};
+use crate::wire::openai::{
+    ChatCompletion, ChatCompletionChunk, ChatMessage, ChatRequest, MessageContent, STREAM_DONE,
+    StreamOptions, Usage,
+};
 
 use super::Tier;
 
@@ -189,87 +192,15 @@ fn error_chain(err: &dyn std::error::Error) -> String {
 pub struct Completion {
     pub text: String,
     pub model: String,
+    /// Tokens the call cost, as the upstream reported them (`None` when it did not).
+    pub usage: Option<Usage>,
 }
 
-#[derive(Serialize)]
-struct ChatRequest<'a> {
-    model: &'a str,
-    messages: Vec<ChatMessage<'a>>,
-    temperature: f64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    max_tokens: Option<u32>,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    stream: bool,
-}
-
-/// One `chat.completion.chunk` of a streamed answer (only what is read of it), or the
-/// error event some providers send inside a stream.
-#[derive(Deserialize)]
-struct ChunkEvent {
-    #[serde(default)]
-    choices: Vec<ChunkChoice>,
-    error: Option<serde_json::Value>,
-}
-
-#[derive(Deserialize)]
-struct ChunkChoice {
-    delta: Option<ChunkDelta>,
-    finish_reason: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct ChunkDelta {
-    content: Option<Content>,
-}
-
-#[derive(Serialize)]
-struct ChatMessage<'a> {
-    role: &'a str,
-    content: &'a str,
-}
-
-#[derive(Deserialize)]
-struct ChatResponse {
-    #[serde(default)]
-    choices: Vec<Choice>,
-}
-
-#[derive(Deserialize)]
-struct Choice {
-    message: Option<ResponseMessage>,
-}
-
-#[derive(Deserialize)]
-struct ResponseMessage {
-    content: Option<Content>,
-}
-
-/// A message's content: a string, or (vLLM, Mistral and others) an array of parts whose
-/// text parts make the answer.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Content {
-    Text(String),
-    Parts(Vec<ContentPart>),
-}
-
-#[derive(Deserialize)]
-struct ContentPart {
-    #[serde(rename = "type")]
-    kind: Option<String>,
-    text: Option<String>,
-}
-
-impl Content {
-    fn into_text(self) -> String {
-        match self {
-            Content::Text(t) => t,
-            Content::Parts(parts) => parts
-                .into_iter()
-                .filter(|p| p.kind.as_deref().is_none_or(|k| k == "text"))
-                .filter_map(|p| p.text)
-                .collect(),
-        }
+/// A message of `role` with `text`.
+fn text_message(role: &str, text: impl Into<String>) -> ChatMessage {
+    ChatMessage {
+        role: role.to_owned(),
+        content: Some(MessageContent::Text(text.into())),
     }
 }
 
@@ -307,9 +238,16 @@ pub struct CompletionStream {
     finished: bool,
     bytes: usize,
     max_bytes: usize,
+    /// The call's token counts, once a chunk has carried them.
+    usage: Option<Usage>,
 }
 
 impl CompletionStream {
+    /// The token counts the upstream reported (on its last chunk), if it did.
+    pub fn usage(&self) -> Option<Usage> {
+        self.usage
+    }
+
     /// The next piece of text; `Ok(None)` once the answer is complete (`[DONE]`, or the
     /// end of the stream after a `finish_reason`).
     ///
@@ -385,13 +323,13 @@ impl CompletionStream {
                 });
             }
             let data = event.data.trim();
-            if data == "[DONE]" {
+            if data == STREAM_DONE {
                 return Ok(None);
             }
             if data.is_empty() {
                 continue;
             }
-            let chunk: ChunkEvent = serde_json::from_str(data).map_err(|e| {
+            let chunk: ChatCompletionChunk = serde_json::from_str(data).map_err(|e| {
                 UpstreamError::new(
                     ErrorKind::InvalidResponse,
                     true,
@@ -399,23 +337,27 @@ impl CompletionStream {
                 )
             })?;
             if let Some(error) = chunk.error {
-                let message = error
-                    .get("message")
-                    .and_then(|m| m.as_str())
-                    .unwrap_or("(no message)");
+                let message = if error.message.is_empty() {
+                    "(no message)"
+                } else {
+                    &error.message
+                };
                 return Err(UpstreamError::new(
                     ErrorKind::ServerError,
                     true,
                     format!("error event in the stream: {message}"),
                 ));
             }
+            if chunk.usage.is_some() {
+                self.usage = chunk.usage;
+            }
             let mut text = String::new();
             for choice in chunk.choices {
                 if choice.finish_reason.is_some() {
                     self.finished = true;
                 }
-                if let Some(content) = choice.delta.and_then(|d| d.content) {
-                    text.push_str(&content.into_text());
+                if let Some(content) = choice.delta.content {
+                    text.push_str(&content.to_text(""));
                 }
             }
             if !text.is_empty() {
@@ -500,6 +442,55 @@ impl ModelClient {
         content
     }
 
+    /// The messages of one call for `question`, asked after `history` (earlier messages
+    /// of a conversation, oldest first; empty for a one-turn question).
+    ///
+    /// The conversation's first `user` message is written in the tier's prompt (with the
+    /// language instruction), exactly as it was sent when it was asked alone, and the rest
+    /// of the conversation follows it as the client sent it, `question` last as a plain
+    /// `user` message. A one-turn question is thus the prompt with the question, alone.
+    /// With `continue_from`, the text already sent follows as the assistant's message,
+    /// then the tier's `continue_prompt`.
+    pub fn messages(
+        &self,
+        question: &str,
+        language: Option<&str>,
+        history: &[ChatMessage],
+        continue_from: Option<&str>,
+    ) -> Vec<ChatMessage> {
+        let mut messages = Vec::with_capacity(history.len() + 3);
+        messages.extend_from_slice(history);
+        messages.push(text_message("user", question));
+        if let Some(first) = messages.iter_mut().find(|m| m.role == "user") {
+            let text = first
+                .content
+                .as_ref()
+                .map(|c| c.to_text("\n"))
+                .unwrap_or_default();
+            first.content = Some(MessageContent::Text(self.message(&text, language)));
+        }
+        if let Some(sent) = continue_from {
+            messages.push(text_message("assistant", sent));
+            messages.push(text_message("user", self.continue_prompt.as_str()));
+        }
+        messages
+    }
+
+    /// The request body of one call.
+    fn request(&self, messages: Vec<ChatMessage>, stream: bool) -> ChatRequest {
+        ChatRequest {
+            model: self.model.clone(),
+            messages,
+            // Streams ask for the token counts, which come on the last chunk.
+            stream: stream.then_some(true),
+            stream_options: stream.then_some(StreamOptions {
+                include_usage: Some(true),
+            }),
+            max_tokens: self.max_tokens.map(u64::from),
+            temperature: Some(self.temperature),
+        }
+    }
+
     /// One call, bounded by `timeout`. `language`: the question's language when it is
     /// not the default one (the model is told to answer in it). A completion with no
     /// choices, or with empty or null content, is an `invalid_response`: it is never
@@ -508,19 +499,10 @@ impl ModelClient {
         &self,
         question: &str,
         language: Option<&str>,
+        history: &[ChatMessage],
         timeout: Duration,
     ) -> Result<Completion, UpstreamError> {
-        let content = self.message(question, language);
-        let body = ChatRequest {
-            model: &self.model,
-            messages: vec![ChatMessage {
-                role: "user",
-                content: &content,
-            }],
-            temperature: self.temperature,
-            max_tokens: self.max_tokens,
-            stream: false,
-        };
+        let body = self.request(self.messages(question, language, history, None), false);
         let mut req = self
             .http
             .post(self.url.clone())
@@ -538,20 +520,20 @@ impl ModelClient {
             return Err(UpstreamError::from_status(status, resp.headers()));
         }
         let bytes = self.read_capped(resp, timeout).await?;
-        let parsed: ChatResponse = serde_json::from_slice(&bytes).map_err(|e| {
+        let parsed: ChatCompletion = serde_json::from_slice(&bytes).map_err(|e| {
             UpstreamError::new(
                 ErrorKind::InvalidResponse,
                 true,
                 format!("not a chat completion: {e}"),
             )
         })?;
+        let usage = parsed.usage;
         let text = parsed
             .choices
             .into_iter()
             .next()
-            .and_then(|c| c.message)
-            .and_then(|m| m.content)
-            .map(Content::into_text)
+            .and_then(|c| c.message.content)
+            .map(|c| c.to_text(""))
             .filter(|t| !t.trim().is_empty())
             .ok_or_else(|| {
                 UpstreamError::new(
@@ -565,6 +547,7 @@ impl ModelClient {
             // The configured name, not the provider's dated variant, so clients and
             // metrics see one stable name per tier.
             model: self.model.clone(),
+            usage,
         })
     }
 
@@ -579,32 +562,13 @@ impl ModelClient {
         &self,
         question: &str,
         language: Option<&str>,
+        history: &[ChatMessage],
         continue_from: Option<&str>,
         first_token: Duration,
         idle: Duration,
     ) -> Result<CompletionStream, UpstreamError> {
-        let content = self.message(question, language);
-        let mut messages = vec![ChatMessage {
-            role: "user",
-            content: &content,
-        }];
-        if let Some(sent) = continue_from {
-            messages.push(ChatMessage {
-                role: "assistant",
-                content: sent,
-            });
-            messages.push(ChatMessage {
-                role: "user",
-                content: &self.continue_prompt,
-            });
-        }
-        let body = ChatRequest {
-            model: &self.model,
-            messages,
-            temperature: self.temperature,
-            max_tokens: self.max_tokens,
-            stream: true,
-        };
+        let messages = self.messages(question, language, history, continue_from);
+        let body = self.request(messages, true);
         let first_deadline = tokio::time::Instant::now()
             .checked_add(first_token)
             .unwrap_or_else(tokio::time::Instant::now);
@@ -631,6 +595,7 @@ impl ModelClient {
             finished: false,
             bytes: 0,
             max_bytes: self.max_response_bytes,
+            usage: None,
         })
     }
 
@@ -726,7 +691,7 @@ mod tests {
 
     #[test]
     fn content_parts_are_joined() {
-        let r: ChatResponse = serde_json::from_str(
+        let r: ChatCompletion = serde_json::from_str(
             r#"{"choices":[{"message":{"content":[{"type":"text","text":"a"},{"type":"image_url"},{"type":"text","text":"b"}]}}]}"#,
         )
         .unwrap();
@@ -736,10 +701,9 @@ mod tests {
             .next()
             .unwrap()
             .message
-            .unwrap()
             .content
             .unwrap();
-        assert_eq!(text.into_text(), "ab");
+        assert_eq!(text.to_text(""), "ab");
     }
 
     proptest::proptest! {

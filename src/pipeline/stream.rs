@@ -58,6 +58,7 @@ impl Pipeline {
             .open_stream(
                 call.question,
                 call.language,
+                call.history,
                 continue_from.as_deref(),
                 client.first_token_timeout.min(time_left),
                 client.stream_idle_timeout,
@@ -122,6 +123,7 @@ impl Pipeline {
         Ok(model::Completion {
             text,
             model: client.model.clone(),
+            usage: stream.usage(),
         })
     }
 

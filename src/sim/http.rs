@@ -205,7 +205,12 @@ fn continuation(model: &str, request: &ChatRequest) -> Option<String> {
         .chain(super::state::BUILTIN_MODELS.iter().map(|m| (*m).to_owned()))
         .find_map(|writer| {
             let whole = format!("[{writer}] simulated answer to: {question}");
-            whole.strip_prefix(sent.as_str()).map(str::to_owned)
+            // A whole earlier answer (a conversation's history, not a broken-off one)
+            // leaves nothing to continue: the last question gets its own answer.
+            whole
+                .strip_prefix(sent.as_str())
+                .filter(|rest| !rest.is_empty())
+                .map(str::to_owned)
         })
 }
 
@@ -358,6 +363,7 @@ fn completion(shared: &Shared, model: &str, prompt_tokens: u64, choices: Vec<Cho
         model: model.to_owned(),
         choices,
         usage: Some(Usage::new(prompt_tokens, completion_tokens)),
+        resilient_qa: None,
     };
     Json(body).into_response()
 }

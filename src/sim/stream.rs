@@ -17,7 +17,7 @@ use super::http::{HUGE_CHUNK_BYTES, HUGE_FILLER, Shared, estimate_tokens, unix_n
 use super::model::Outcome;
 use crate::wire::openai::{
     CHAT_COMPLETION_CHUNK_OBJECT, ChatCompletionChunk, ChunkChoice, Delta, ErrorResponse,
-    FINISH_STOP, STREAM_DONE, Usage,
+    FINISH_STOP, MessageContent, STREAM_DONE, Usage,
 };
 
 /// Message of the error event a `stream_error` stream ends with.
@@ -96,6 +96,8 @@ impl ChunkMaker {
             model: self.model.clone(),
             choices,
             usage,
+            error: None,
+            resilient_qa: None,
         }
     }
 
@@ -116,20 +118,14 @@ impl ChunkMaker {
         self.delta(
             Delta {
                 role: Some("assistant".to_owned()),
-                content: content.then(String::new),
+                content: content.then(|| MessageContent::Text(String::new())),
             },
             None,
         )
     }
 
     fn piece(&self, text: &str) -> ChatCompletionChunk {
-        self.delta(
-            Delta {
-                role: None,
-                content: Some(text.to_owned()),
-            },
-            None,
-        )
+        self.delta(Delta::text(text), None)
     }
 
     fn finish(&self) -> ChatCompletionChunk {

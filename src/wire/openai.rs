@@ -43,12 +43,31 @@ pub struct ChatRequest {
     /// Options of a streamed answer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream_options: Option<StreamOptions>,
-    /// Upper bound of the answer's length, in tokens.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Upper bound of the answer's length, in tokens (read as unset when it is not a
+    /// number of tokens).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient"
+    )]
     pub max_tokens: Option<u64>,
-    /// Sampling temperature, `0..=2`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Sampling temperature, `0..=2` (read as unset when it is not a number).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient"
+    )]
     pub temperature: Option<f64>,
+}
+
+/// A value of type `T`, or `None` for any other JSON value: for fields that are read only
+/// as hints, so that a client's odd value for one is not a refused request.
+fn lenient<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    Ok(serde_json::from_value(serde_json::Value::deserialize(d)?).ok())
 }
 
 impl ChatRequest {
@@ -152,18 +171,43 @@ impl ContentPart {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ChatCompletion {
     /// `chatcmpl-...`.
+    #[serde(default)]
     pub id: String,
     /// Always [`CHAT_COMPLETION_OBJECT`].
+    #[serde(default)]
     pub object: String,
     /// Unix time of the answer, in seconds.
+    #[serde(default)]
     pub created: u64,
     /// The model that wrote the answer.
+    #[serde(default)]
     pub model: String,
     /// The answers; one unless the request asked for more (`n`).
+    #[serde(default)]
     pub choices: Vec<Choice>,
     /// Tokens the call cost, when reported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
+    /// How resilient-qa answered (its extension field; absent from other servers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resilient_qa: Option<ResilientQa>,
+}
+
+/// The `resilient_qa` extension field of a [`ChatCompletion`], and of the last chunk(s)
+/// of a stream: `{"source", "degraded", "request_id"}`, plus `"continued": true` for an
+/// answer written by more than one call (or, in a stream, finished by a later tier after
+/// a blank line). Clients that do not know it ignore it, as OpenAI's SDKs do.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ResilientQa {
+    /// `cache`, `primary`, `secondary`, `canned`, `stale` or `default`, as `/ask` says.
+    pub source: String,
+    /// Whether the answer is a fallback (as `/ask`'s `degraded`).
+    pub degraded: bool,
+    /// The request's id, as in its `X-Request-Id` header.
+    pub request_id: String,
+    /// Present (and true) only when the answer was written by more than one call.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub continued: bool,
 }
 
 /// One answer of a [`ChatCompletion`].
@@ -172,7 +216,8 @@ pub struct Choice {
     /// Position among the choices, from 0.
     #[serde(default)]
     pub index: u32,
-    /// The answer.
+    /// The answer (read as empty when absent).
+    #[serde(default)]
     pub message: ResponseMessage,
     /// Why the model stopped: `stop`, `length`, `content_filter`,
     /// `tool_calls`; `null` when unknown.
@@ -181,7 +226,7 @@ pub struct Choice {
 }
 
 /// The message of a [`Choice`]: `{"role": "assistant", "content": ...}`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ResponseMessage {
     /// `assistant`.
     #[serde(default)]
@@ -228,12 +273,16 @@ impl Usage {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ChatCompletionChunk {
     /// `chatcmpl-...`, the same on every chunk of a stream.
+    #[serde(default)]
     pub id: String,
     /// Always [`CHAT_COMPLETION_CHUNK_OBJECT`].
+    #[serde(default)]
     pub object: String,
     /// Unix time of the stream's start, in seconds, the same on every chunk.
+    #[serde(default)]
     pub created: u64,
     /// The model that writes the answer.
+    #[serde(default)]
     pub model: String,
     /// The pieces this chunk adds, one per choice; empty on the usage chunk.
     #[serde(default)]
@@ -241,6 +290,13 @@ pub struct ChatCompletionChunk {
     /// Tokens of the whole call, on the usage chunk only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
+    /// An error some providers send inside a stream (`data: {"error": {...}}`) in place
+    /// of a chunk: the stream failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ApiError>,
+    /// resilient-qa's extension, on the last chunk(s) of its streams.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resilient_qa: Option<ResilientQa>,
 }
 
 /// One choice's piece in a [`ChatCompletionChunk`].
@@ -265,9 +321,20 @@ pub struct Delta {
     /// `assistant`, on the first chunk only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
-    /// The next piece of the text (`""` on the first chunk).
+    /// The next piece of the text (`""` on the first chunk): a string, or (some
+    /// providers) an array of text parts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub content: Option<String>,
+    pub content: Option<MessageContent>,
+}
+
+impl Delta {
+    /// A delta that adds `text`.
+    pub fn text(text: impl Into<String>) -> Delta {
+        Delta {
+            role: None,
+            content: Some(MessageContent::Text(text.into())),
+        }
+    }
 }
 
 /// An error answer, as a response body or as an event inside a stream:
@@ -288,12 +355,23 @@ pub struct ApiError {
     /// `server_error`, ...
     #[serde(rename = "type", default)]
     pub kind: String,
-    /// The request field at fault, when there is one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub param: Option<String>,
-    /// A machine-readable code (`rate_limit_exceeded`, ...), or `null`.
+    /// The request field at fault, when there is one; written as `null` otherwise, as
+    /// OpenAI writes it.
     #[serde(default)]
+    pub param: Option<String>,
+    /// A machine-readable code (`rate_limit_exceeded`, ...), or `null`. Read from a
+    /// string or a number (some providers send numbers).
+    #[serde(default, deserialize_with = "string_or_number")]
     pub code: Option<String>,
+}
+
+/// A JSON string, number or `null` as an optional string.
+fn string_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(match serde_json::Value::deserialize(d)? {
+        serde_json::Value::String(s) => Some(s),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    })
 }
 
 impl ErrorResponse {

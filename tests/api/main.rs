@@ -14,6 +14,7 @@ mod faq;
 mod fuzz;
 mod helpers;
 mod metrics;
+mod openai;
 mod process;
 mod redis_boundaries;
 mod redis_outage;
