@@ -75,6 +75,7 @@ impl Pipeline {
                             producer.push(Event::Reset("the answer broke off"));
                         }
                         let answer = pipeline.last_resort(&question, None, None, Duration::ZERO);
+                        producer.push(Event::Source(answer.source));
                         producer.push(Event::Delta(answer.text.clone()));
                         answer
                     }

@@ -2,7 +2,7 @@
 //! every event from the first one on, however late it joins.
 //!
 //! ```text
-//! delta* (reset delta*)? done
+//! (source delta+)* (reset (source delta+)*)? done
 //! ```
 //!
 //! The deltas after the last reset, concatenated, are the `done` answer's text. The
@@ -13,11 +13,14 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
-use super::Answer;
+use super::{Answer, Source};
 
 /// One event of a walk.
 #[derive(Debug, Clone)]
 pub enum Event {
+    /// The pieces that follow are written by this tier (a model call that starts
+    /// writing, or a later tier's whole answer).
+    Source(Source),
     /// The next piece of the answer.
     Delta(Arc<str>),
     /// Throw the text so far away: the answer starts again (the reason is for people).
@@ -127,6 +130,36 @@ impl Subscriber {
                 .await
             {
                 Ok(state) => state.1 && state.0 <= wanted,
+                Err(_) => true,
+            };
+            if closed {
+                return None;
+            }
+        }
+    }
+
+    /// The tier of the walk's first text (or of its answer, if that comes first), without
+    /// moving this reader on; `None` when the walk ends without one.
+    pub async fn first_source(&mut self) -> Option<Source> {
+        let mut seen = 0;
+        loop {
+            {
+                let events = self.log.events.lock().ok()?;
+                for event in events.iter().skip(seen) {
+                    match event {
+                        Event::Source(source) => return Some(*source),
+                        Event::Done(answer) => return Some(answer.source),
+                        _ => {}
+                    }
+                }
+                seen = events.len();
+            }
+            let closed = match self
+                .state
+                .wait_for(|(len, closed)| *len > seen || *closed)
+                .await
+            {
+                Ok(state) => state.1 && state.0 <= seen,
                 Err(_) => true,
             };
             if closed {

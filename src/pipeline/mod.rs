@@ -288,6 +288,7 @@ impl Pipeline {
                 && self.canned.answer_first(m)
             {
                 let answer = canned_answer(m, true, external);
+                out.push(Event::Source(answer.source));
                 out.push(Event::Delta(answer.text.clone()));
                 return answer;
             }
@@ -311,6 +312,7 @@ impl Pipeline {
         external += started.elapsed();
         if let Some(mut answer) = answered {
             if mode == Mode::Whole {
+                out.push(Event::Source(answer.source));
                 out.push(Event::Delta(answer.text.clone()));
             }
             // A stitched answer was written by several calls: served, never cached; nor
@@ -338,6 +340,7 @@ impl Pipeline {
             out.push(Event::Reset("the models could not finish the answer"));
         }
         let answer = self.last_resort(&question, lookup, stale, external);
+        out.push(Event::Source(answer.source));
         out.push(Event::Delta(answer.text.clone()));
         answer
     }

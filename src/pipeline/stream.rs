@@ -103,6 +103,9 @@ impl Pipeline {
                 p.sent.push_str(&piece);
                 p.pieces = p.pieces.saturating_add(1);
             }
+            if !wrote {
+                call.out.push(Event::Source(client.tier.source()));
+            }
             wrote = true;
             call.out.push(Event::Delta(piece));
         }

@@ -111,10 +111,23 @@ pub trait Format: Send + 'static {
     fn done(&mut self, answer: &Answer, request_id: &str, elapsed: Duration) -> Vec<SseEvent>;
 }
 
+/// When a stream's response head goes out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Head {
+    /// At once; the answer's source is only in the last events.
+    AtOnce,
+    /// With the first text (or the answer, if that comes first), so that the head can
+    /// name the tier that wrote it: the stream's time to first byte is its time to first
+    /// token.
+    WithFirstText,
+}
+
 /// The answer to a question the route has looked up (`found`), streamed as server-sent
-/// events written by `format`. Every stream that starts ends with `format`'s `done`
-/// events, whatever fails behind it.
-pub fn stream<F: Format>(
+/// events written by `format`; with the tier of the first text, when `head` waited for
+/// it (a cache hit's is known at once). Every stream that starts ends with `format`'s
+/// `done` events, whatever fails behind it.
+#[allow(clippy::too_many_arguments)]
+pub async fn stream<F: Format>(
     state: AppState,
     api: Api,
     request_id: Arc<str>,
@@ -122,19 +135,23 @@ pub fn stream<F: Format>(
     started: Instant,
     found: Result<Answer, Miss>,
     mut format: F,
-) -> Response {
+    head: Head,
+) -> (Response, Option<Source>) {
     state.metrics.streams_in_flight.inc();
+    let mut first_source = None;
     let (feed, external) = match found {
         Ok(hit) => {
             let external = hit.external;
+            first_source = Some(hit.source);
             (Feed::Hit(Some(hit)), external)
         }
         Err(miss) => {
             let external = miss.external();
-            (
-                Feed::Walk(state.pipeline.start(miss, Mode::Stream)),
-                external,
-            )
+            let mut walk = state.pipeline.start(miss, Mode::Stream);
+            if head == Head::WithFirstText {
+                first_source = walk.first_source().await;
+            }
+            (Feed::Walk(walk), external)
         }
     };
     let opening = format.open();
@@ -160,9 +177,10 @@ pub fn stream<F: Format>(
             },
         ))
         .flat_map(|batch| futures_util::stream::iter(batch.into_iter().map(Ok::<_, Infallible>)));
-    Sse::new(events)
+    let response = Sse::new(events)
         .keep_alive(KeepAlive::new().interval(KEEP_ALIVE).text("ping"))
-        .into_response()
+        .into_response();
+    (response, first_source)
 }
 
 /// Everything one stream holds until it ends (or its client leaves): its place in the
@@ -211,6 +229,7 @@ impl<F: Format> Streaming<F> {
             Feed::Walk(sub) => sub.next().await,
         };
         Some(match event {
+            Some(Event::Source(_)) => Vec::new(),
             Some(Event::Delta(text)) => vec![self.delta(&text)],
             Some(Event::Reset(reason)) => vec![self.format.reset(reason)],
             Some(Event::Done(answer)) => {

@@ -109,7 +109,7 @@ pub async fn ask(
         .lookup(&question, started.into(), &request_id)
         .await;
     if streamed {
-        return answer::stream(
+        let (response, _) = answer::stream(
             state,
             Api::Ask,
             request_id,
@@ -117,7 +117,10 @@ pub async fn ask(
             started,
             found,
             AskEvents,
-        );
+            answer::Head::AtOnce,
+        )
+        .await;
+        return response;
     }
     let answer = answer::whole(&state, &request_id, &question, started, found).await;
     let elapsed = answer::finish(&state, Api::Ask, &answer, &request_id, started);

@@ -98,7 +98,6 @@ pub async fn chat_completions(
             .pipeline
             .conversation(&question, history, started.into(), &request_id))
     };
-    let hit_source = found.as_ref().ok().map(|hit| hit.source);
     if stream {
         let chunks = Chunks {
             id: completion_id(&request_id),
@@ -106,7 +105,9 @@ pub async fn chat_completions(
             include_usage,
             reset: false,
         };
-        let mut resp = answer::stream(
+        // The head waits for the first text, to name its tier in X-QA-Source (what
+        // LangChain shows of a stream); the last chunk names the answer's source.
+        let (mut resp, first_source) = answer::stream(
             state,
             Api::OpenAi,
             request_id,
@@ -114,10 +115,10 @@ pub async fn chat_completions(
             started,
             found,
             chunks,
-        );
-        // A stream's head goes out before its answer is known, except for a cache hit;
-        // every stream names its source in its last chunk.
-        if let Some(source) = hit_source {
+            answer::Head::WithFirstText,
+        )
+        .await;
+        if let Some(source) = first_source {
             resp.headers_mut().insert(QA_SOURCE, source_header(source));
         }
         return resp;
