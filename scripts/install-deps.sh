@@ -107,3 +107,5 @@ if [ "${#missing_pkgs[@]}" -gt 0 ]; then
         log "installed: $tool ($(command -v "$tool"))"
     done
 fi
+
+"$(dirname "${BASH_SOURCE[0]}")/install-clients.sh"   # the OpenAI client libraries tests/api/clients.rs runs (pinned; a stamp skips a rerun)

@@ -7,6 +7,7 @@ mod admin;
 mod ask;
 mod boundaries;
 mod cache;
+mod clients;
 mod deadline;
 mod demo;
 mod errors;
