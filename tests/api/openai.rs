@@ -658,3 +658,26 @@ async fn metrics_and_stats_count_answers_and_refusals_by_api() {
     assert_eq!(stats["by_api"], json!({"ask": 1, "openai": 2}));
     assert_eq!(stats["total"], 3);
 }
+
+#[tokio::test]
+async fn a_stream_head_names_the_tier_of_the_first_text() {
+    let (_r, _sim, app) = app_with(always("503"), Behavior::default()).await;
+    let (headers, events) = stream(
+        &app,
+        json!({"model": "m", "messages": [user("Where is my invoice?")]}),
+    )
+    .await;
+    assert_eq!(headers["x-qa-source"], "secondary");
+    assert_eq!(extension(&events)["source"], "secondary");
+    drop(app);
+
+    let (_r, _sim, app) = app_with(always("503"), always("503")).await;
+    let (headers, events) =
+        stream(&app, json!({"model": "m", "messages": [user("如何退货?")]})).await;
+    assert_eq!(headers["x-qa-source"], "canned");
+    assert_eq!(extension(&events)["source"], "canned");
+    assert_eq!(
+        streamed_text(&events),
+        "请在订单页面点击退货按钮,填写退货原因即可。"
+    );
+}
