@@ -82,11 +82,17 @@ fn node() -> PathBuf {
 }
 
 /// `program tests/clients/<script>`, with nothing from the caller's environment that
-/// would send the libraries elsewhere (a base URL, a proxy, LangSmith tracing).
+/// would send the libraries elsewhere.
 fn client_command(program: PathBuf, script: &str) -> Command {
+    sandboxed(program, &root().join("tests/clients").join(script), &root())
+}
+
+/// `program script` run in `dir`, with nothing from the caller's environment that would
+/// send the libraries elsewhere (a base URL, a proxy, LangSmith tracing).
+fn sandboxed(program: PathBuf, script: &std::path::Path, dir: &std::path::Path) -> Command {
     let mut cmd = Command::new(program);
-    cmd.arg(root().join("tests/clients").join(script))
-        .current_dir(root())
+    cmd.arg(script)
+        .current_dir(dir)
         .env("NO_PROXY", "127.0.0.1,localhost")
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .kill_on_drop(true);
@@ -421,4 +427,75 @@ async fn the_seed_benchmark_through_langchain_gets_100_answers_over_a_half_faili
         sim.calls("gpt-4o") > 100,
         "the primary failed and was retried"
     );
+}
+
+/// The code block that follows `<!-- snippet: NAME -->` in the README.
+fn readme_snippet(name: &str) -> String {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let marker = format!("<!-- snippet: {name} -->");
+    let after = &readme[readme
+        .find(&marker)
+        .unwrap_or_else(|| panic!("README.md has no {marker}"))..];
+    let start = after.find("```").unwrap();
+    let body = &after[start..];
+    let body = &body[body.find('\n').unwrap() + 1..];
+    body[..body.find("```").unwrap()].to_string()
+}
+
+/// The README's client snippets, exactly as written but for the service's address: each
+/// runs to its end and prints the answer's source.
+#[tokio::test]
+async fn the_readme_snippets_run_as_shown() {
+    let redis = Redis::start();
+    let sim = healthy_sim().await;
+    let app = TestApp::spawn(test_config(&redis.url(), Some(&sim))).await;
+    let dir = std::env::temp_dir().join(format!("qa-readme-snippets-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // Node finds `openai` in a node_modules beside the script.
+    let modules = dir.join("node_modules");
+    if !modules.exists() {
+        std::os::unix::fs::symlink(
+            installed(root().join("tests/clients/node_modules")),
+            &modules,
+        )
+        .unwrap();
+    }
+    let base = format!("{}/v1", app.base);
+    for (name, file, program) in [
+        ("openai-python", "openai_snippet.py", python()),
+        ("openai-node", "openai_snippet.mjs", node()),
+        ("langchain", "langchain_snippet.py", python()),
+    ] {
+        let code = readme_snippet(name).replace("http://localhost:8080/v1", &base);
+        assert!(
+            code.contains(&base),
+            "{name}: the snippet names the service's URL"
+        );
+        let path = dir.join(file);
+        std::fs::write(&path, code).unwrap();
+        let mut cmd = sandboxed(program, &path, &dir);
+        let output = tokio::time::timeout(Duration::from_secs(60), cmd.output())
+            .await
+            .unwrap_or_else(|_| panic!("{name}: no end within 60 s"))
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            output.status.success(),
+            "{name} failed:\n{stderr}\n{stdout}"
+        );
+        assert!(
+            stdout.contains("simulated answer to:"),
+            "{name}: prints the answer:\n{stdout}"
+        );
+        // The first snippet's questions come from the primary, the later ones' from the
+        // cache it filled.
+        assert!(
+            stdout
+                .lines()
+                .any(|l| ["primary", "cache"].contains(&l.trim_start_matches("source: "))),
+            "{name}: prints the source:\n{stdout}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
