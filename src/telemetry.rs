@@ -395,6 +395,9 @@ impl Metrics {
             .set(1);
         for code in REJECTION_CODES {
             m.rejected.with_label_values(&[code]);
+            for api in Api::ALL {
+                m.api_rejected.with_label_values(&[api.as_str(), code]);
+            }
         }
         for layer in CACHE_LAYERS {
             for result in CACHE_RESULTS {
