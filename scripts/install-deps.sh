@@ -109,3 +109,4 @@ if [ "${#missing_pkgs[@]}" -gt 0 ]; then
 fi
 
 "$(dirname "${BASH_SOURCE[0]}")/install-clients.sh"   # the OpenAI client libraries tests/api/clients.rs runs (pinned; a stamp skips a rerun)
+"$(dirname "${BASH_SOURCE[0]}")/install-browser.sh"   # Chromium and playwright-core/axe-core for tests/api/browser.rs (pinned; a stamp skips a rerun)
