@@ -6,6 +6,7 @@
 mod admin;
 mod ask;
 mod boundaries;
+mod browser;
 mod cache;
 mod clients;
 mod deadline;
