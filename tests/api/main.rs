@@ -23,4 +23,5 @@ mod resilience;
 mod retries;
 mod seed_experiment;
 mod streaming;
+mod ui;
 mod upstream_boundaries;
