@@ -45,4 +45,9 @@ grep -q "http://127.0.0.1:$sim_port/control" "$log" \
     || { echo "the banner does not give the simulator's control URL"; exit 1; }
 curl -sf "http://127.0.0.1:$sim_port/control" >/dev/null \
     || { echo "the simulator's control URL does not answer"; exit 1; }
-echo "ok: cargo run --release -- --demo serves answers"
+page=$(curl -sf "http://127.0.0.1:$port/") || { echo "no chat page at /"; exit 1; }
+grep -q "<qa-chat" <<<"$page" || { echo "the page at / is not the chat page"; exit 1; }
+curl -sf "http://127.0.0.1:$port/assets/chat.js" >/dev/null || { echo "no /assets/chat.js"; exit 1; }
+grep -q "chat page:  http://127.0.0.1:$port/" "$log" \
+    || { echo "the banner does not give the chat page's URL"; exit 1; }
+echo "ok: cargo run --release -- --demo serves answers and the chat page"

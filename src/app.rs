@@ -11,6 +11,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{HeaderName, HeaderValue, Method};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use tokio::net::TcpListener;
@@ -18,7 +19,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 use crate::config::{Config, OPENAI_OFFICIAL_BASE_URL};
@@ -339,6 +340,9 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(routes::health::readyz))
         .route("/metrics", get(routes::metrics::metrics))
         .route("/stats", get(routes::metrics::stats))
+        .route("/", get(routes::ui::page))
+        .route("/assets/chat.js", get(routes::ui::chat_js))
+        .route("/widget.js", get(routes::ui::widget_js))
         .route("/v1/models", get(routes::openai::models))
         .route("/v1/models/{model}", get(routes::openai::model))
         // Every method: with admin disabled each answers 404, so nothing tells they exist.
@@ -357,23 +361,15 @@ pub fn router(state: AppState) -> Router {
         ))
         .with_state(state.clone());
 
-    let origins = &state.config.server.cors_allowed_origins;
-    if !origins.is_empty() {
-        let allowed: Vec<HeaderValue> = origins
-            .iter()
-            .filter_map(|o| HeaderValue::from_str(o.trim_end_matches('/')).ok())
-            .collect();
-        app = app.layer(
-            CorsLayer::new()
-                .allow_origin(AllowOrigin::list(allowed))
-                .allow_methods([Method::GET, Method::POST])
-                .allow_headers([
-                    axum::http::header::CONTENT_TYPE,
-                    HeaderName::from_static(REQUEST_ID),
-                ])
-                .expose_headers([HeaderName::from_static(REQUEST_ID)]),
-        );
+    let origins = Arc::new(state.config.server.cors_allowed_origins.clone());
+    if let Some(cors) = cors_layer(&origins) {
+        app = app.layer(cors);
     }
+    // Outside CORS, which answers the allowed preflights itself.
+    app = app.layer(axum::middleware::from_fn_with_state(
+        origins,
+        refuse_preflight,
+    ));
     app.layer(
         ServiceBuilder::new()
             .layer(axum::middleware::from_fn_with_state(
@@ -388,6 +384,73 @@ pub fn router(state: AppState) -> Router {
                     .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
             ),
     )
+}
+
+/// How long a browser may cache a preflight's answer (`Access-Control-Max-Age`).
+const PREFLIGHT_MAX_AGE: Duration = Duration::from_secs(3600);
+
+/// CORS for `server.cors_allowed_origins` (validated at start: origins, or `*` alone);
+/// `None` when the list is empty. The headers a page needs are exposed: `X-Request-Id`,
+/// `Retry-After` (for a `503 overloaded` countdown) and `X-QA-Source`; the request headers
+/// a browser asks for are allowed (the OpenAI SDKs send their own); preflights are cached
+/// for [`PREFLIGHT_MAX_AGE`].
+fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let allow_origin = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            origins
+                .iter()
+                .filter_map(|o| HeaderValue::from_str(o.trim_end_matches('/')).ok()),
+        )
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow_origin)
+            .allow_methods([Method::GET, Method::POST])
+            .allow_headers(AllowHeaders::mirror_request())
+            .expose_headers([
+                HeaderName::from_static(REQUEST_ID),
+                axum::http::header::RETRY_AFTER,
+                routes::openai::QA_SOURCE,
+            ])
+            .max_age(PREFLIGHT_MAX_AGE),
+    )
+}
+
+/// A CORS preflight from an origin `server.cors_allowed_origins` does not allow (all of
+/// them, when it is empty): logged at DEBUG with the origin, the one hint a web developer
+/// whose page is refused gets, and answered `204` with no CORS header, which the browser
+/// reports as the missing `Access-Control-Allow-Origin` it is (not as a `405` that would
+/// send the developer looking at the method).
+async fn refuse_preflight(
+    State(origins): State<Arc<Vec<String>>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if req.method() == Method::OPTIONS
+        && req
+            .headers()
+            .contains_key(axum::http::header::ACCESS_CONTROL_REQUEST_METHOD)
+        && let Some(origin) = req
+            .headers()
+            .get(axum::http::header::ORIGIN)
+            .and_then(|o| o.to_str().ok())
+        && !origins
+            .iter()
+            .any(|allowed| allowed == "*" || allowed.trim_end_matches('/') == origin)
+    {
+        tracing::debug!(
+            origin,
+            path = req.uri().path(),
+            "CORS preflight refused: the origin is not in server.cors_allowed_origins (or CORS_ALLOWED_ORIGINS)"
+        );
+        return axum::http::StatusCode::NO_CONTENT.into_response();
+    }
+    next.run(req).await
 }
 
 /// The span of one request, at DEBUG: at the default level it costs nothing, and the

@@ -62,6 +62,7 @@ pub struct Config {
     pub breaker: BreakerConfig,
     pub retry_budget: RetryBudgetConfig,
     pub openai_api: OpenAiApiConfig,
+    pub ui: UiConfig,
     /// The reply when no tier has an answer, by ISO 639-1 language code; the question's
     /// language is used when present, else `canned.default_language`.
     pub default_reply: BTreeMap<String, String>,
@@ -195,6 +196,22 @@ pub struct BreakerConfig {
 }
 
 /// Retries may add at most `ratio` of first attempts (plus a floor) per tier.
+/// The customer chat page (`GET /`) and the embeddable widget (`GET /widget.js`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UiConfig {
+    /// Serve the page and the widget; `false`: both answer 404.
+    pub enabled: bool,
+    /// The page's title, in every language; empty: the built-in one per language.
+    pub title: String,
+    /// The first message of the chat, in every language; empty: the built-in one per
+    /// language.
+    pub greeting: String,
+    /// Questions offered before the first one is asked; empty: the first entries of the
+    /// canned answers, in each language.
+    pub suggestions: Vec<String>,
+}
+
 /// The OpenAI-compatible endpoint, `POST /v1/chat/completions`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -320,6 +337,12 @@ impl Default for Config {
             openai_api: OpenAiApiConfig {
                 allow_client_system: false,
             },
+            ui: UiConfig {
+                enabled: true,
+                title: String::new(),
+                greeting: String::new(),
+                suggestions: Vec::new(),
+            },
             default_reply: BTreeMap::from([
                 (
                     "zh".to_string(),
@@ -367,6 +390,7 @@ const PLAIN_VARS: &[(&str, &str)] = &[
     ("REDIS_URL", "redis.url"),
     ("RUST_LOG", "log.filter"),
     ("LOG_FORMAT", "log.format"),
+    ("CORS_ALLOWED_ORIGINS", "server.cors_allowed_origins"),
 ];
 
 impl Config {
@@ -482,9 +506,14 @@ impl Config {
             0,
             bound::DAY_SECS,
         )?;
-        for origin in &self.server.cors_allowed_origins {
-            http_url("server.cors_allowed_origins", origin)?;
+        cors_origins(&self.server.cors_allowed_origins)?;
+        for (key, text) in [
+            ("ui.title", &self.ui.title),
+            ("ui.greeting", &self.ui.greeting),
+        ] {
+            within(key, text.chars().count() as u64, 0, 2000)?;
         }
+        within("ui.suggestions", self.ui.suggestions.len() as u64, 0, 20)?;
         http_url("openai.base_url", &self.openai.base_url)?;
         for (name, tier) in [("primary", &self.primary), ("secondary", &self.secondary)] {
             let k = |field: &str| format!("{name}.{field}");
@@ -756,6 +785,50 @@ fn http_url(key: &str, value: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// `server.cors_allowed_origins`: each an origin (`scheme://host[:port]`, http or https,
+/// no path, query, fragment or credentials), or `*` (any origin) on its own.
+fn cors_origins(origins: &[String]) -> Result<(), ConfigError> {
+    const KEY: &str = "server.cors_allowed_origins";
+    if origins.iter().any(|o| o == "*") {
+        if origins.len() > 1 {
+            return Err(key_error(
+                KEY,
+                "\"*\" allows every origin: list it alone, or list the origins without it",
+            ));
+        }
+        return Ok(());
+    }
+    for origin in origins {
+        let url = reqwest::Url::parse(origin).map_err(|e| {
+            key_error(
+                KEY,
+                format!("{origin:?} is not an origin (scheme://host[:port]): {e}"),
+            )
+        })?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            return Err(key_error(
+                KEY,
+                format!("{origin:?}: an origin is http:// or https:// with a host"),
+            ));
+        }
+        // Only `scheme://host[:port]`, as a browser sends it in `Origin` (a trailing `/`
+        // is forgiven): nothing after the authority, no credentials.
+        let authority = origin
+            .split_once("://")
+            .map_or("", |(_, rest)| rest.trim_end_matches('/'));
+        let bare = !authority.contains(['/', '?', '#', '@']) && !authority.is_empty();
+        if !bare {
+            return Err(key_error(
+                KEY,
+                format!(
+                    "{origin:?} is not an origin: only scheme://host[:port], with no path, query or credentials (as a browser sends it in Origin)"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Keys of the file that name files: a relative path there is relative to the
 /// configuration file's folder, wherever the service is started from.
 const PATH_KEYS: &[(&str, &str)] = &[("canned", "file"), ("redis", "ca_file")];
@@ -917,6 +990,50 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn cors_origins_are_bare_origins_or_a_star_alone() {
+        let with = |origins: &[&str]| {
+            let mut c = Config::default();
+            c.server.cors_allowed_origins = origins.iter().map(|o| o.to_string()).collect();
+            c.validate()
+        };
+        for good in [
+            &["https://shop.example"][..],
+            &["http://127.0.0.1:8000/", "https://b.example:8443"],
+            &["*"],
+        ] {
+            assert!(with(good).is_ok(), "{good:?}: {:?}", with(good));
+        }
+        for (bad, why) in [
+            (&["https://shop.example/chat"][..], "no path"),
+            (&["https://shop.example?x=1"], "no path, query"),
+            (&["https://user:pw@shop.example"], "credentials"),
+            (&["ftp://shop.example"], "http:// or https://"),
+            (&["shop.example"], "not an origin"),
+            (&["*", "https://shop.example"], "alone"),
+        ] {
+            let e = with(bad).unwrap_err().to_string();
+            assert!(e.contains("server.cors_allowed_origins"), "{bad:?}: {e}");
+            assert!(e.contains(why), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn cors_allowed_origins_is_read_from_the_environment_comma_separated() {
+        let c = Config::from_layers(
+            None,
+            &env(&[(
+                "CORS_ALLOWED_ORIGINS",
+                "https://a.example, http://b.example:8000",
+            )]),
+        )
+        .unwrap();
+        assert_eq!(
+            c.server.cors_allowed_origins,
+            vec!["https://a.example", "http://b.example:8000"]
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 
 use crate::config::Config;
-use crate::sim::{Behavior, Outcome, SimConfig, SimServer};
+use crate::sim::{AnswerStyle, Behavior, Outcome, SimConfig, SimServer};
 
 /// Port of the demo's simulator unless `--demo-sim-port` says otherwise; not the
 /// stand-alone `upstream-sim`'s 9090, so both can run at once.
@@ -79,6 +79,8 @@ pub async fn start(config: &mut Config, sim_port: u16) -> Result<SimServer, Demo
             (config.secondary.model.clone(), secondary),
         ]),
         seed: crate::pipeline::cache::now_ms(),
+        // Answers that read like answers, in the question's language, marked simulated.
+        answers: AnswerStyle::Demo,
     };
     let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, sim_port))
         .await
@@ -94,6 +96,13 @@ pub async fn start(config: &mut Config, sim_port: u16) -> Result<SimServer, Demo
     config.primary.base_url = None;
     config.secondary.base_url = None;
     config.cache.key_prefix = KEY_PREFIX.to_owned();
+    // A real model needs the tiers' prompts; the simulated one answers the question it
+    // is given, so it is given the question alone (else its answer would quote the
+    // prompt back).
+    for tier in [&mut config.primary, &mut config.secondary] {
+        tier.prompt = "{question}".to_owned();
+        tier.language_instruction = String::new();
+    }
     Ok(sim)
 }
 
@@ -118,6 +127,7 @@ fn banner(service_url: &str, control_url: &str) -> String {
         "\n\
          ==== resilient-qa DEMO MODE ====\n\
          service:    {service_url}   (POST {service_url}/ask)\n\
+         chat page:  {service_url}/\n\
          models:     SIMULATED by an in-process upstream-sim; failures are injected on purpose\n\
          cache:      simulated answers are kept apart from real ones (key prefix {KEY_PREFIX})\n\
          simulator:  {control_url}   (e.g. curl -XPUT {control_url}/models/gpt-4o -d '{{\"mix\":{{\"503\":1.0}}}}')\n\

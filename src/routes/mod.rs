@@ -7,3 +7,4 @@ pub mod body;
 pub mod health;
 pub mod metrics;
 pub mod openai;
+pub mod ui;

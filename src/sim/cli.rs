@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use tokio::net::TcpListener;
 
 use super::SimServer;
-use super::model::{Outcome, SimConfig, parse_mix};
+use super::model::{AnswerStyle, Outcome, SimConfig, parse_mix};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9090";
 
@@ -25,6 +25,9 @@ OPTIONS:
     --latency-ms N         default behaviour: fixed latency in milliseconds
     --jitter-ms N          default behaviour: extra random latency 0..=N ms
     --seed N               seed of the random outcome draws
+    --answers STYLE        how ok answers read: echo (the default: [MODEL] simulated
+                           answer to: QUESTION) or demo (a simulated answer in the
+                           question's language, Chinese or English)
     --mix SPEC             default behaviour: failure mix, e.g. 503=0.5,hang=0.1
                            (outcomes: ok hang reset malformed empty null_content
                            no_choices huge redirect content_parts cut stall_first
@@ -98,6 +101,7 @@ where
     let mut latency_ms = None;
     let mut jitter_ms = None;
     let mut seed = None;
+    let mut answers = None;
     let mut mix = None;
     let mut retry_after_secs = None;
     let mut retry_after = None;
@@ -127,6 +131,7 @@ where
             "--latency-ms",
             "--jitter-ms",
             "--seed",
+            "--answers",
             "--mix",
             "--retry-after-secs",
             "--retry-after",
@@ -153,6 +158,13 @@ where
             "--latency-ms" => latency_ms = Some(number::<u64>(&flag, &value)?),
             "--jitter-ms" => jitter_ms = Some(number::<u64>(&flag, &value)?),
             "--seed" => seed = Some(number::<u64>(&flag, &value)?),
+            "--answers" => {
+                answers = Some(match value.as_str() {
+                    "echo" => AnswerStyle::Echo,
+                    "demo" => AnswerStyle::Demo,
+                    other => return Err(format!("--answers: {other:?}, expected echo or demo")),
+                })
+            }
             "--retry-after-secs" => retry_after_secs = Some(number::<u64>(&flag, &value)?),
             "--retry-after" => retry_after = Some(value),
             "--retry-after-ms" => retry_after_ms = Some(number::<u64>(&flag, &value)?),
@@ -201,6 +213,9 @@ where
     }
     if let Some(v) = seed {
         config.seed = v;
+    }
+    if let Some(v) = answers {
+        config.answers = v;
     }
     if let Some(v) = mix {
         config.default.mix = v;

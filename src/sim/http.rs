@@ -18,8 +18,8 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 use super::model::{
-    Behavior, DEFAULT_HUGE_BODY_BYTES, DEFAULT_STREAM_CUT_AFTER, DEFAULT_STREAM_INTERVAL_MS,
-    DEFAULT_STREAM_PIECE_CHARS, Outcome,
+    AnswerStyle, Behavior, DEFAULT_HUGE_BODY_BYTES, DEFAULT_STREAM_CUT_AFTER,
+    DEFAULT_STREAM_INTERVAL_MS, DEFAULT_STREAM_PIECE_CHARS, Outcome,
 };
 use super::state::{Decision, SimState};
 use super::stream::{self, StreamPlan};
@@ -169,18 +169,15 @@ fn prompt_tokens(request: &ChatRequest) -> u64 {
 /// this model, the name the text starts with, or a built-in model), so that the stitched
 /// answer is that whole answer. Assistant text that begins no simulated answer gets the
 /// ordinary answer to the last user message.
-fn ok_answer(model: &str, request: &ChatRequest) -> String {
-    if let Some(rest) = continuation(model, request) {
+fn ok_answer(style: AnswerStyle, model: &str, request: &ChatRequest) -> String {
+    if let Some(rest) = continuation(style, model, request) {
         return rest;
     }
-    format!(
-        "[{model}] simulated answer to: {}",
-        request.last_user_text(PART_SEPARATOR)
-    )
+    style.answer(model, &request.last_user_text(PART_SEPARATOR))
 }
 
 /// The rest of the answer a continuation request's assistant text began, if it began one.
-fn continuation(model: &str, request: &ChatRequest) -> Option<String> {
+fn continuation(style: AnswerStyle, model: &str, request: &ChatRequest) -> Option<String> {
     let n = request.messages.len();
     let [.., question, sent, instruction] = request.messages.as_slice() else {
         return None;
@@ -204,7 +201,7 @@ fn continuation(model: &str, request: &ChatRequest) -> Option<String> {
         .chain(named)
         .chain(super::state::BUILTIN_MODELS.iter().map(|m| (*m).to_owned()))
         .find_map(|writer| {
-            let whole = format!("[{writer}] simulated answer to: {question}");
+            let whole = style.answer(&writer, &question);
             // A whole earlier answer (a conversation's history, not a broken-off one)
             // leaves nothing to continue: the last question gets its own answer.
             whole
@@ -271,7 +268,7 @@ async fn chat_completions(
         Outcome::Reset => return conn.reset(),
         _ => {}
     }
-    let answer = ok_answer(&model, &request);
+    let answer = ok_answer(shared.sim.answer_style(), &model, &request);
     if request.is_stream() {
         let plan = StreamPlan {
             outcome: decision.outcome,

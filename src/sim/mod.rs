@@ -30,8 +30,9 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 pub use model::{
-    Behavior, DEFAULT_HUGE_BODY_BYTES, DEFAULT_STREAM_CUT_AFTER, DEFAULT_STREAM_INTERVAL_MS,
-    DEFAULT_STREAM_PIECE_CHARS, Outcome, ParseOutcomeError, STATUS_RANGE, SimConfig, parse_mix,
+    AnswerStyle, Behavior, DEFAULT_HUGE_BODY_BYTES, DEFAULT_STREAM_CUT_AFTER,
+    DEFAULT_STREAM_INTERVAL_MS, DEFAULT_STREAM_PIECE_CHARS, Outcome, ParseOutcomeError,
+    STATUS_RANGE, SimConfig, parse_mix,
 };
 pub use state::{BUILTIN_MODELS, ControlSnapshot, LastRequest, ModelReport};
 

@@ -339,6 +339,45 @@ pub struct SimConfig {
     pub models: BTreeMap<String, Behavior>,
     /// Seed of the per-model random generators (mix and jitter draws).
     pub seed: u64,
+    /// How `ok` answers read.
+    pub answers: AnswerStyle,
+}
+
+/// How the simulator's `ok` answers read. Either way an answer names the model that
+/// wrote it and says it is simulated.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AnswerStyle {
+    /// `[MODEL] simulated answer to: LAST USER MESSAGE`: what a test checks against.
+    #[default]
+    Echo,
+    /// A sentence or two in the question's language (Chinese when it has Chinese
+    /// characters, else English) that reads like a customer-service answer: what the
+    /// demo shows a person. The question is the last user message, as sent.
+    Demo,
+}
+
+impl AnswerStyle {
+    /// The whole `ok` answer of `model` to `question`.
+    pub fn answer(self, model: &str, question: &str) -> String {
+        match self {
+            AnswerStyle::Echo => format!("[{model}] simulated answer to: {question}"),
+            AnswerStyle::Demo if question.chars().any(is_cjk) => format!(
+                "【{model} · 模拟回答】您好!关于“{question}”:这是演示模式下由模拟模型写的回答。\
+                 接入真实模型后,这里会是针对您问题的具体解答;如需进一步帮助,请联系人工客服。"
+            ),
+            AnswerStyle::Demo => format!(
+                "[{model} · simulated] Thanks for asking: \"{question}\". This answer comes from \
+                 the demo's simulated model; with a real model connected, the answer to your \
+                 question would appear here. For anything urgent, please contact a human agent."
+            ),
+        }
+    }
+}
+
+/// A CJK ideograph (the Unified Ideographs and their first extension).
+fn is_cjk(c: char) -> bool {
+    matches!(c, '\u{4E00}'..='\u{9FFF}' | '\u{3400}'..='\u{4DBF}')
 }
 
 impl SimConfig {
@@ -393,4 +432,31 @@ pub fn parse_mix(spec: &str) -> Result<BTreeMap<Outcome, f64>, String> {
     };
     behavior.validate()?;
     Ok(behavior.mix)
+}
+
+#[cfg(test)]
+mod answer_style_tests {
+    use super::AnswerStyle;
+
+    #[test]
+    fn echo_answers_quote_the_question_after_the_model() {
+        assert_eq!(
+            AnswerStyle::Echo.answer("gpt-4o", "Where is my order?"),
+            "[gpt-4o] simulated answer to: Where is my order?"
+        );
+    }
+
+    #[test]
+    fn demo_answers_are_in_the_questions_language_and_marked_simulated() {
+        let en = AnswerStyle::Demo.answer("gpt-4o", "Where is my order?");
+        assert!(en.starts_with("[gpt-4o · simulated]"), "{en}");
+        assert!(en.contains("\"Where is my order?\""), "{en}");
+        assert!(
+            !en.chars().any(|c| ('\u{4E00}'..='\u{9FFF}').contains(&c)),
+            "{en}"
+        );
+        let zh = AnswerStyle::Demo.answer("gpt-3.5-turbo", "我的包裹在哪里?");
+        assert!(zh.starts_with("【gpt-3.5-turbo · 模拟回答】"), "{zh}");
+        assert!(zh.contains("“我的包裹在哪里?”"), "{zh}");
+    }
 }

@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::model::{
-    Behavior, DEFAULT_HUGE_BODY_BYTES, DEFAULT_STREAM_CUT_AFTER, DEFAULT_STREAM_INTERVAL_MS,
-    DEFAULT_STREAM_PIECE_CHARS, Outcome, SimConfig,
+    AnswerStyle, Behavior, DEFAULT_HUGE_BODY_BYTES, DEFAULT_STREAM_CUT_AFTER,
+    DEFAULT_STREAM_INTERVAL_MS, DEFAULT_STREAM_PIECE_CHARS, Outcome, SimConfig,
 };
 
 /// Models every simulator lists in `GET /v1/models`, configured or not, so a
@@ -172,6 +172,11 @@ impl SimState {
         // A panic elsewhere must not turn the simulator into a second failure
         // source; the state stays usable.
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// How `ok` answers read (fixed at start-up).
+    pub fn answer_style(&self) -> AnswerStyle {
+        self.initial.answers
     }
 
     /// Counts the call, remembers the request and draws its outcome.

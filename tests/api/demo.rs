@@ -112,6 +112,12 @@ async fn demo_banner_names_the_urls_and_its_answers_are_cached_under_the_demo_pr
     let answer = ask(&client, &base, "Where is my order?").await;
 
     assert_eq!(answer["source"], "primary", "{answer}");
+    // It reads like an answer, in the question's language, marked as simulated; it does
+    // not quote the tiers' prompt back.
+    let text = answer["answer"].as_str().unwrap();
+    assert!(text.starts_with("[gpt-4o · simulated]"), "{text}");
+    assert!(text.contains("Where is my order?"), "{text}");
+    assert!(!text.contains("客服助手"), "{text}");
     let cached = eventually(Duration::from_secs(5), || async {
         !redis.keys().await.is_empty()
     })
@@ -128,6 +134,7 @@ async fn demo_banner_names_the_urls_and_its_answers_are_cached_under_the_demo_pr
         "SIMULATED".to_owned(),
         "qa:demo:v1:".to_owned(),
         format!("{base}/ask"),
+        format!("chat page:  {base}/"),
         control.clone(),
     ] {
         assert!(

@@ -24,4 +24,5 @@ mod resilience;
 mod retries;
 mod seed_experiment;
 mod streaming;
+mod ui;
 mod upstream_boundaries;
