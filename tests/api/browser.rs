@@ -10,7 +10,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use resilient_qa::config::Config;
-use resilient_qa::sim::{Behavior, SimServer};
+use resilient_qa::sim::{AnswerStyle, Behavior, SimConfig, SimServer};
 use serde_json::Value;
 use tokio::process::{Child, Command};
 
@@ -457,12 +457,34 @@ async fn the_page_has_no_serious_or_critical_accessibility_violation() {
 
 #[tokio::test]
 async fn screenshots_of_the_page_on_desktop_and_phone_in_light_and_dark() {
-    let sim = sim_with(paced(Behavior::default()), Behavior::default()).await;
-    let service = Service::start(sim, &[]).await;
+    // As the demo shows it: answers that read like answers (the question alone as the
+    // prompt, the simulator's demo answers), paced.
+    let sim = start_sim(SimConfig {
+        answers: AnswerStyle::Demo,
+        ..SimConfig::default()
+    })
+    .await;
+    sim.set_behavior("gpt-4o", paced(Behavior::default()));
+    let service = Service::start(
+        sim,
+        &[
+            ("QA__PRIMARY__PROMPT", "{question}"),
+            ("QA__PRIMARY__LANGUAGE_INSTRUCTION", ""),
+        ],
+    )
+    .await;
     let out = target_dir().join("screenshots");
 
     let result = service
-        .scenario("screenshots", &["--out", out.to_str().unwrap()])
+        .scenario(
+            "screenshots",
+            &[
+                "--out",
+                out.to_str().unwrap(),
+                "--question",
+                "我的订单什么时候发货?",
+            ],
+        )
         .await;
 
     let docs = root().join("docs/screenshots");
