@@ -332,13 +332,14 @@ async fn a_canned_answer_shows_its_related_question_and_a_calm_degraded_mark() {
 #[tokio::test]
 async fn an_overloaded_service_shows_a_countdown_then_the_answer() {
     // One /ask at a time; chat.mjs holds that slot with a question whose primary call
-    // hangs until its 2 s timeout (the secondary then answers), and asks meanwhile.
+    // hangs until its 3 s timeout (the secondary then answers), and asks meanwhile: the
+    // page gets 503 (Retry-After: 1) two or three times, then the answer.
     let sim = sim_with(script(&["hang"]), Behavior::default()).await;
     let service = Service::start(
         sim,
         &[
             ("QA__LIMITS__MAX_CONCURRENT_REQUESTS", "1"),
-            ("QA__PRIMARY__ATTEMPT_TIMEOUT_MS", "2000"),
+            ("QA__PRIMARY__ATTEMPT_TIMEOUT_MS", "3000"),
             ("QA__PRIMARY__MAX_ATTEMPTS", "1"),
         ],
     )

@@ -607,15 +607,35 @@ async function overloaded(opts) {
   let hold = null;
   if (opts.hold) {
     // Keep /ask busy (the caller set limits.max_concurrent_requests=1 and a slow model).
-    hold = fetch(`${opts.base}/ask`, {
-      method: 'POST',
-      headers: { 'content-type': 'application/json' },
-      body: JSON.stringify({ question: opts.hold }),
-    }).then(
-      async (r) => ({ status: r.status, body: await r.text() }),
-      (e) => ({ status: null, body: String(e) }),
-    );
-    await new Promise((r) => setTimeout(r, 300));
+    const startHold = () => {
+      const held = { settled: false };
+      held.promise = fetch(`${opts.base}/ask`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ question: opts.hold }),
+      })
+        .then(
+          async (r) => ({ status: r.status, body: await r.text() }),
+          (e) => ({ status: null, body: String(e) }),
+        )
+        .then((r) => Object.assign(held, r, { settled: true }));
+      return held;
+    };
+    hold = startHold();
+    await new Promise((r) => setTimeout(r, 200));
+    // Ask only once the slot is taken. The probe is an empty question: 422 while the slot
+    // is free (load shedding comes before the checks of the question, and an invalid
+    // question never reaches the models nor takes the slot for long), 503 once it is taken.
+    await waitFor('/ask to answer 503 while the held question is in flight', 5000, async () => {
+      if (hold.settled && hold.status === 503) hold = startHold(); // a probe took the slot first
+      const probe = await fetch(`${opts.base}/ask`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ question: '' }),
+      });
+      await probe.arrayBuffer();
+      return probe.status === 503;
+    });
   }
   const question = opts.question || '现在人多吗?';
   const index = await ask(page, question);
@@ -641,7 +661,7 @@ async function overloaded(opts) {
   check(after.countdown.length === 0 && !after.answers[index].countdown, 'the countdown still shows after the answer');
   checkOneAnswerPerQuestion(after);
   if (hold) {
-    const held = await hold;
+    const held = await hold.promise;
     result.hold = held.status;
     check(held.status === 200, () => `the request that held /ask answered ${held.status}: ${held.body}`);
   }
