@@ -532,8 +532,30 @@ async function stream(opts) {
   check(isLang(lang, 'zh'), () => `with locale zh-CN the page's language is ${JSON.stringify(lang)}, not zh`);
   check(CJK.test(lang.title || ''), () => `with locale zh-CN the title ${JSON.stringify(lang.title)} is not Chinese`);
 
+  const parts = await page.evaluate(() => ({
+    suggestions: window.__qa.deepAll('[data-qa=suggestion]').filter(window.__qa.shown).length,
+    messages: window.__qa.deepAll('[data-qa=messages]').filter(window.__qa.shown).length,
+    send: window.__qa.deepAll('[data-qa=send]').filter(window.__qa.shown).length,
+    langSwitch: window.__qa.deepAll('[data-qa=lang-switch]').filter(window.__qa.shown).length,
+  }));
+  result.parts = parts;
+  for (const [name, count] of Object.entries(parts)) {
+    check(count > 0, () => `no visible [data-qa=${name.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}] before the first question`);
+  }
+
   const question = opts.question || '请问订单多久能送到?';
   const { answer, samples, done, events } = await askAndCompare(page, watch, question);
+  const inMessages = await page.evaluate(() => {
+    const box = window.__qa.deepAll('[data-qa=messages]')[0];
+    return {
+      questions: window.__qa.deepAll('[data-qa=question]', box).length,
+      answers: window.__qa.deepAll('[data-qa=answer]', box).length,
+    };
+  });
+  check(
+    inMessages.questions === 1 && inMessages.answers === 1,
+    () => `[data-qa=messages] does not hold the question and its answer: ${JSON.stringify(inMessages)}`,
+  );
   const g = growth(samples, done.answer);
   result.deltas = events.filter((e) => e.event === 'delta').length;
   result.intermediateTexts = g.intermediate.length;
