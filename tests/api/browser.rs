@@ -205,6 +205,15 @@ impl Service {
     }
 }
 
+impl Drop for Service {
+    /// The log stays behind only for a test that failed (its path is in the failure).
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_file(&self.log);
+        }
+    }
+}
+
 async fn sim_with(primary: Behavior, secondary: Behavior) -> SimServer {
     let sim = healthy_sim().await;
     sim.set_behavior("gpt-4o", primary);
