@@ -185,7 +185,7 @@ impl Service {
             .unwrap_or_else(|_| {
                 panic!("chat.mjs {scenario}: no result within {SCENARIO_TIMEOUT:?}")
             })
-            .unwrap_or_else(|e| panic!("chat.mjs {scenario}: node could not start ({e})"));
+            .unwrap_or_else(|e| panic!("chat.mjs {scenario}: node could not start ({e}): node 20 must be on PATH, then run scripts/install-browser.sh"));
         let stdout = String::from_utf8_lossy(&output.stdout);
         let stderr = String::from_utf8_lossy(&output.stderr);
         let line = stdout.lines().rev().find(|l| !l.trim().is_empty());
