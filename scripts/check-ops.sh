@@ -7,6 +7,8 @@
 #   promtool test rules config/prometheus/tests/*.yml     rule unit tests (every alert fires and stays quiet)
 #   python3 -m json.tool config/grafana/dashboards/*.json dashboards are valid JSON
 #   grafana provisioning                                  dashboards use the provisioned datasource uid
+#   scripts/check-k8s.sh                                  deploy/kubernetes against the Kubernetes
+#                                                         JSON schemas, offline (its own pinned venv)
 # promtool and docker-compose come from scripts/install-deps.sh; hadolint is installed here,
 # by scripts/install-hadolint.sh (idempotent: nothing to do once it is there). The metric
 # names of the rules and dashboards are checked against the live service by tests/ops.rs;
@@ -111,5 +113,8 @@ for path in dashboards:
         print(f"ok: {path} (datasource uid {uid})")
 sys.exit(1 if failed else 0)
 PY
+
+step "scripts/check-k8s.sh (deploy/kubernetes, offline schema validation)"
+bash scripts/check-k8s.sh
 
 printf '\nall ops checks passed\n'
