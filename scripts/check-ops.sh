@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # Static checks of the ops files (no Docker engine needed):
 #   hadolint Dockerfile                                   Dockerfile lint
-#   docker-compose config -q  (default and demo profile)  compose schema + interpolation
+#   docker-compose config -q  (default, demo, replicas)   compose schema + interpolation
+#   haproxy -c -f config/haproxy/haproxy.cfg              the replicas profile's load balancer
 #   promtool check config                                 Prometheus config and its rule files
 #   promtool check rules config/prometheus/rules/*.yml    rule syntax, PromQL, templates
 #   promtool test rules config/prometheus/tests/*.yml     rule unit tests (every alert fires and stays quiet)
 #   python3 -m json.tool config/grafana/dashboards/*.json dashboards are valid JSON
 #   grafana provisioning                                  dashboards use the provisioned datasource uid
+#   scripts/check-k8s.sh                                  deploy/kubernetes against the Kubernetes
+#                                                         JSON schemas, offline (its own pinned venv)
 # promtool and docker-compose come from scripts/install-deps.sh; hadolint is installed here,
-# by scripts/install-hadolint.sh (idempotent: nothing to do once it is there). The metric
+# by scripts/install-hadolint.sh, and haproxy by `scripts/install-deps.sh haproxy` (both
+# idempotent: nothing to do once they are there). The metric
 # names of the rules and dashboards are checked against the live service by tests/ops.rs;
 # scripts/prometheus-smoke.sh runs a real Prometheus on the rules against the running
 # service.
@@ -19,6 +23,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 step() { printf '\n----- %s -----\n' "$*"; }
 
 "./scripts/install-hadolint.sh"
+"./scripts/install-deps.sh" haproxy
+# Debian puts haproxy in /usr/sbin, which a normal user's PATH may lack.
+case ":$PATH:" in *:/usr/sbin:*) ;; *) PATH="$PATH:/usr/sbin" ;; esac
 
 # hadolint may sit in pip's script directory without being linked onto PATH.
 if ! command -v hadolint >/dev/null 2>&1 && command -v python3 >/dev/null 2>&1; then
@@ -51,9 +58,26 @@ if [[ "$compose_help" == *--profile* ]]; then
     step "${compose[*]} -f docker-compose.yml --profile demo config -q"
     "${compose[@]}" -f docker-compose.yml --profile demo config -q
     echo "ok"
+    step "${compose[*]} -f docker-compose.yml --profile replicas config -q"
+    "${compose[@]}" -f docker-compose.yml --profile replicas config -q
+    echo "ok"
 else
-    step "${compose[*]} --profile demo: not supported by this compose version, skipped"
+    step "${compose[*]} --profile demo / replicas: not supported by this compose version, skipped"
 fi
+
+# Debian 12's haproxy (2.6) checks the config that the compose file runs in haproxy:2.8-alpine
+# (every keyword used there is in both). The replicas' names resolve only inside compose's
+# network: that warning is expected; any other warning fails the check, like an error.
+haproxy_version="$(haproxy -v 2>&1)"
+step "haproxy -c -f config/haproxy/haproxy.cfg (${haproxy_version%%$'\n'*})"
+haproxy_out="$(haproxy -c -f config/haproxy/haproxy.cfg 2>&1)" || { printf '%s\n' "$haproxy_out" >&2; exit 1; }
+haproxy_warnings="$(grep -E 'WARNING|ALERT' <<<"$haproxy_out" | grep -v 'could not resolve address' || true)"
+if [ -n "$haproxy_warnings" ]; then
+    printf '%s\n' "$haproxy_warnings" >&2
+    echo "check-ops: haproxy -c warned about config/haproxy/haproxy.cfg" >&2
+    exit 1
+fi
+echo "ok"
 
 step "promtool check config config/prometheus/prometheus.yml"
 promtool check config config/prometheus/prometheus.yml
@@ -111,5 +135,8 @@ for path in dashboards:
         print(f"ok: {path} (datasource uid {uid})")
 sys.exit(1 if failed else 0)
 PY
+
+step "scripts/check-k8s.sh (deploy/kubernetes, offline schema validation)"
+bash scripts/check-k8s.sh
 
 printf '\nall ops checks passed\n'

@@ -5,12 +5,19 @@
 #   docker-compose           (Debian: docker-compose, v1.29)      - scripts/check-ops.sh (config validation only)
 #   curl                     (Debian: curl)                       - scripts/check-run.sh
 #   openssl                  (Debian: openssl)                    - TLS tests make their own certificates
+#   haproxy                  (Debian: haproxy)                    - scripts/check-ops.sh (haproxy -c only)
 # hadolint, which only scripts/check-ops.sh uses, is installed by scripts/install-hadolint.sh,
 # which check-ops.sh calls itself; the test command (scripts/test.sh) does not need it.
 # Anything already on PATH is skipped; `apt-get update` runs at most once, and only when an
-# apt package is missing. Installing `prometheus` never starts a Prometheus daemon.
+# apt package is missing. Installing `prometheus` or `haproxy` never starts their daemons.
 # Runs as root (CI) or, for a normal user, through sudo when it exists.
+#
+#   scripts/install-deps.sh            all of the above, then the client libraries
+#   scripts/install-deps.sh TOOL...    only these apt tools (e.g. `haproxy`, for check-ops.sh)
 set -euo pipefail
+
+# haproxy lands in /usr/sbin, which a normal user's PATH may lack.
+case ":$PATH:" in *:/usr/sbin:*) ;; *) PATH="$PATH:/usr/sbin" ;; esac
 
 log() { printf '%s\n' "$*"; }
 die() { printf 'install-deps: %s\n' "$*" >&2; exit 1; }
@@ -31,7 +38,7 @@ need_root() {
 
 # ---------------------------------------------------------------- apt packages
 # tool on PATH -> Debian package that provides it
-APT_TOOLS=(redis-server redis-cli promtool docker-compose curl openssl)
+APT_TOOLS=(redis-server redis-cli promtool docker-compose curl openssl haproxy)
 declare -A APT_PKG=(
     [curl]=curl
     [openssl]=openssl
@@ -39,7 +46,16 @@ declare -A APT_PKG=(
     [redis-cli]=redis-tools
     [promtool]=prometheus
     [docker-compose]=docker-compose
+    [haproxy]=haproxy
 )
+only_named=false
+if [ "$#" -gt 0 ]; then
+    for tool in "$@"; do
+        [ -n "${APT_PKG[$tool]+x}" ] || die "unknown tool $tool (known: ${APT_TOOLS[*]})"
+    done
+    APT_TOOLS=("$@")
+    only_named=true
+fi
 
 missing_tools=()
 missing_pkgs=()
@@ -108,5 +124,6 @@ if [ "${#missing_pkgs[@]}" -gt 0 ]; then
     done
 fi
 
+$only_named && exit 0
 "$(dirname "${BASH_SOURCE[0]}")/install-clients.sh"   # the OpenAI client libraries tests/api/clients.rs runs (pinned; a stamp skips a rerun)
 "$(dirname "${BASH_SOURCE[0]}")/install-browser.sh"   # Chromium and playwright-core/axe-core for tests/api/browser.rs (pinned; a stamp skips a rerun)
