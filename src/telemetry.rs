@@ -156,6 +156,9 @@ pub struct Metrics {
     /// `qa_api_rejected_total{api,code}`: the refusals of `qa_rejected_total` on the
     /// answering routes, by API.
     pub api_rejected: IntCounterVec,
+    /// `qa_question_leases_total{result}`: how each new one-turn question was shared
+    /// across the instances of one Redis (see `pipeline/lease.rs`).
+    pub question_leases: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -355,6 +358,11 @@ impl Metrics {
                 "Requests to the answering routes refused with an error, by API and error code.",
                 &["api", "code"],
             )?,
+            question_leases: counter(
+                "qa_question_leases_total",
+                "New one-turn questions by what their instance did across the instances sharing the Redis: led (asked the models), followed (served another instance's answer), took_over (its leader vanished), models_gave_up (the leader's models had no answer), deadline (no time left to wait), unavailable (Redis could not be asked: walked alone).",
+                &["result"],
+            )?,
             registry,
         };
         m.api_answers = Api::ALL
@@ -398,6 +406,16 @@ impl Metrics {
             for api in Api::ALL {
                 m.api_rejected.with_label_values(&[api.as_str(), code]);
             }
+        }
+        for result in [
+            "led",
+            "followed",
+            "took_over",
+            "models_gave_up",
+            "deadline",
+            "unavailable",
+        ] {
+            m.question_leases.with_label_values(&[result]);
         }
         for layer in CACHE_LAYERS {
             for result in CACHE_RESULTS {

@@ -144,6 +144,7 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+#[derive(PartialEq, Eq)]
 enum Freshness {
     Fresh,
     Stale,
@@ -214,6 +215,23 @@ impl SharedConnections {
         result
     }
 }
+
+/// Takes a lease that is free or holds a finished leader's mark: `KEYS[1]` the lease,
+/// `ARGV[1]` the holder, `ARGV[2]` the time to live in ms, `ARGV[3]` and `ARGV[4]` the
+/// marks. Returns 1 if taken.
+const TAKE_LEASE: &str = r#"local v = redis.call("GET", KEYS[1]) if v == false or v == ARGV[3] or v == ARGV[4] then redis.call("SET", KEYS[1], ARGV[1], "PX", ARGV[2]) return 1 else return 0 end"#;
+
+/// Extends a lease if its holder still holds it: `KEYS[1]` the lease, `ARGV[1]` the
+/// holder, `ARGV[2]` the new time to live in milliseconds. Returns 1 if extended.
+const RENEW_LEASE: &str = r#"if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("PEXPIRE", KEYS[1], ARGV[2]) else return 0 end"#;
+
+/// Deletes a lease if its holder still holds it: `KEYS[1]` the lease, `ARGV[1]` the
+/// holder. Returns 1 if deleted.
+const RELEASE_LEASE: &str = r#"if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) else return 0 end"#;
+
+/// Replaces a lease's value if its holder still holds it: `KEYS[1]` the lease,
+/// `ARGV[1]` the holder, `ARGV[2]` the new value, `ARGV[3]` its time to live in ms.
+const HAND_OVER_LEASE: &str = r#"if redis.call("GET", KEYS[1]) == ARGV[1] then redis.call("SET", KEYS[1], ARGV[2], "PX", ARGV[3]) return 1 else return 0 end"#;
 
 pub struct AnswerCache {
     memory: Option<moka::future::Cache<String, CachedAnswer>>,
@@ -573,10 +591,15 @@ impl AnswerCache {
             None => false,
         };
         let channel = self.invalidation_channel();
+        // A lease left on the question (a leader's, or its "answered" mark) goes too, so
+        // that the next ask calls the model at once instead of waiting on it.
+        let lease = Self::lease_key(key);
         let fut = self.redis.run(|mut conn| async move {
-            let (removed, _receivers): (u64, u64) = redis::pipe()
+            let (removed, _lease, _receivers): (u64, u64, u64) = redis::pipe()
                 .cmd("DEL")
                 .arg(key)
+                .cmd("DEL")
+                .arg(&lease)
                 .cmd("PUBLISH")
                 .arg(&channel)
                 .arg(key)
@@ -589,6 +612,120 @@ impl AnswerCache {
             Err(_) => return Err("redis timed out".into()),
         };
         Ok(removed > 0 || in_memory)
+    }
+
+    /// The lease key of a question key: who, among the instances sharing the Redis, is
+    /// asking the models for it now.
+    fn lease_key(key: &str) -> String {
+        format!("{key}:lease")
+    }
+
+    /// One lease command behind the breaker and the Redis timeout. `Err` when Redis
+    /// cannot say (down, breaker open, timed out): the caller then walks on its own.
+    async fn lease_command<T: redis::FromRedisValue + Send + 'static>(
+        &self,
+        cmd: redis::Cmd,
+    ) -> Result<T, RedisFailure> {
+        let Some(permit) = self.breaker.try_acquire() else {
+            return Err(RedisFailure::Unreachable("circuit breaker open".into()));
+        };
+        let fut = self
+            .redis
+            .run(|mut conn| async move { cmd.query_async::<T>(&mut conn).await });
+        let result = match tokio::time::timeout(self.redis_timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(RedisFailure::Unreachable("timed out".into())),
+        };
+        match &result {
+            Err(e) if e.is_health_failure() => {
+                permit.failure();
+                self.note_failure(e);
+            }
+            _ => permit.success(),
+        }
+        result
+    }
+
+    /// Takes the lease of `key` for `holder` for `ttl`, if nobody holds it or it only
+    /// holds one of the `marks` a finished leader leaves: `Ok(true)` when taken,
+    /// `Ok(false)` when a leader holds it.
+    pub async fn take_lease(
+        &self,
+        key: &str,
+        holder: &str,
+        ttl: Duration,
+        marks: [&str; 2],
+    ) -> Result<bool, String> {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(TAKE_LEASE)
+            .arg(1)
+            .arg(Self::lease_key(key))
+            .arg(holder)
+            .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
+            .arg(marks[0])
+            .arg(marks[1]);
+        self.lease_command::<i64>(cmd)
+            .await
+            .map(|taken| taken == 1)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Extends `holder`'s lease of `key` to `ttl` from now, if it still holds it.
+    pub async fn renew_lease(&self, key: &str, holder: &str, ttl: Duration) -> bool {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(RENEW_LEASE)
+            .arg(1)
+            .arg(Self::lease_key(key))
+            .arg(holder)
+            .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
+        matches!(self.lease_command::<i64>(cmd).await, Ok(1))
+    }
+
+    /// Gives up `holder`'s lease of `key`, if it still holds it (another holder's lease
+    /// is left alone).
+    pub async fn release_lease(&self, key: &str, holder: &str) {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(RELEASE_LEASE)
+            .arg(1)
+            .arg(Self::lease_key(key))
+            .arg(holder);
+        let _ = self.lease_command::<i64>(cmd).await;
+    }
+
+    /// Who holds the lease of `key` (`None`: nobody); `Err` when Redis cannot say.
+    pub async fn lease_holder(&self, key: &str) -> Result<Option<String>, String> {
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(Self::lease_key(key));
+        self.lease_command::<Option<String>>(cmd)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Replaces `holder`'s lease of `key`, if it still holds it, by `value` for `ttl`:
+    /// how a leader whose models gave no answer tells the instances waiting on it.
+    pub async fn hand_over_lease(&self, key: &str, holder: &str, value: &str, ttl: Duration) {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(HAND_OVER_LEASE)
+            .arg(1)
+            .arg(Self::lease_key(key))
+            .arg(holder)
+            .arg(value)
+            .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
+        let _ = self.lease_command::<i64>(cmd).await;
+    }
+
+    /// The fresh answer to `key` in Redis, if another instance has written it: read
+    /// while waiting on its lease, so not counted as a lookup. A fresh answer is copied
+    /// into memory.
+    pub async fn fresh_in_redis(&self, key: &str) -> Option<CachedAnswer> {
+        let entry = self.redis_get(key).await.ok()??;
+        if self.freshness(&entry, now_ms()) != Freshness::Fresh {
+            return None;
+        }
+        if let Some(memory) = &self.memory {
+            memory.insert(key.to_string(), entry.clone()).await;
+        }
+        Some(entry)
     }
 
     /// Checks Redis with a PING; the result feeds `/readyz` and `qa_redis_up`.

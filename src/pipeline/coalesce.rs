@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::events::{Event, EventLog, Subscriber};
-use super::{Miss, Mode, Pipeline, catch_panic};
+use super::lease::Role;
+use super::{Miss, Mode, Pipeline, Source, catch_panic};
 
 /// Identical questions in flight, by mode and cache key: the event log of the walk
 /// answering them. Streamed and whole walks are kept apart, so that a stream never waits
@@ -65,6 +66,30 @@ impl Pipeline {
                     key: &flight,
                 });
                 let question = miss.question.clone();
+                let one_turn = miss.history.is_none();
+                // Across instances sharing the Redis: lead, or follow another's walk.
+                let role = if one_turn {
+                    pipeline.lead_or_follow(&miss).await
+                } else {
+                    Role::Lead(None)
+                };
+                let leadership = match role {
+                    Role::Lead(leadership) => leadership,
+                    Role::Answered(answer) => {
+                        producer.push(Event::Source(answer.source));
+                        producer.push(Event::Delta(answer.text.clone()));
+                        producer.push(Event::Done(answer));
+                        return;
+                    }
+                    Role::ModelsGaveUp => {
+                        let answer =
+                            pipeline.last_resort(&question, None, miss.stale, miss.external);
+                        producer.push(Event::Source(answer.source));
+                        producer.push(Event::Delta(answer.text.clone()));
+                        producer.push(Event::Done(answer));
+                        return;
+                    }
+                };
                 let walked = catch_panic(pipeline.walk(miss, mode, &producer), &pipeline.metrics);
                 let answer = match walked.await {
                     Some(answer) => answer,
@@ -80,7 +105,15 @@ impl Pipeline {
                         answer
                     }
                 };
+                // What the walk cached (a one-turn answer written by one model call).
+                let cached = one_turn
+                    && !answer.continued
+                    && matches!(answer.source, Source::Primary | Source::Secondary);
+                let ended = answer.clone();
                 producer.push(Event::Done(answer));
+                if let Some(leadership) = leadership {
+                    leadership.end(&ended, cached).await;
+                }
             },
             span,
         ));

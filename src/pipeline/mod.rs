@@ -21,6 +21,7 @@ pub mod cache;
 pub mod canned;
 mod coalesce;
 pub mod events;
+mod lease;
 pub mod model;
 pub mod normalize;
 pub mod source;

@@ -128,13 +128,18 @@ impl Redis {
             .unwrap()
     }
 
+    /// Every key but the questions' leases (`…:lease`, which live a second or two
+    /// while instances share a walk): the cached answers, mostly.
     pub async fn keys(&self) -> Vec<String> {
         let mut c = self.conn().await;
-        redis::cmd("KEYS")
+        let keys: Vec<String> = redis::cmd("KEYS")
             .arg("*")
             .query_async(&mut c)
             .await
-            .unwrap()
+            .unwrap();
+        keys.into_iter()
+            .filter(|k| !k.ends_with(":lease"))
+            .collect()
     }
 }
 

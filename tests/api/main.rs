@@ -20,6 +20,7 @@ mod openai;
 mod process;
 mod redis_boundaries;
 mod redis_outage;
+mod replicas;
 mod resilience;
 mod retries;
 mod seed_experiment;
