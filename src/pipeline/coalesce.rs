@@ -36,7 +36,7 @@ impl Pipeline {
     /// walk already answering the same question, or starts one in a task of its own (so
     /// that a client that leaves never stops it, and its answer is still cached). Read
     /// the walk through the returned subscriber, from its first event on.
-    pub fn start(self: &Arc<Self>, miss: Miss, mode: Mode) -> Subscriber {
+    pub fn start(self: &Arc<Self>, mut miss: Miss, mode: Mode) -> Subscriber {
         let flight = (mode, miss.key.clone());
         // A conversation's answer depends on more than its last question: never shared.
         let producer = match self.flights.lock() {
@@ -69,7 +69,7 @@ impl Pipeline {
                 let one_turn = miss.history.is_none();
                 // Across instances sharing the Redis: lead, or follow another's walk.
                 let role = if one_turn {
-                    pipeline.lead_or_follow(&miss).await
+                    pipeline.lead_or_follow(&mut miss).await
                 } else {
                     Role::Lead(None)
                 };

@@ -93,9 +93,19 @@ impl Drop for Leadership {
 }
 
 impl Pipeline {
-    /// Leads or follows `miss` across instances (see the module's text).
-    pub(super) async fn lead_or_follow(self: &Arc<Self>, miss: &Miss) -> Role {
+    /// Leads or follows `miss` across instances (see the module's text). The time spent
+    /// on Redis and waiting for a leader is added to the miss's external time: it is not
+    /// the service's own overhead.
+    pub(super) async fn lead_or_follow(self: &Arc<Self>, miss: &mut Miss) -> Role {
         let waited = Instant::now();
+        let role = self.lead_or_follow_inner(miss, waited).await;
+        if matches!(role, Role::Lead(_)) {
+            miss.external += waited.elapsed();
+        }
+        role
+    }
+
+    async fn lead_or_follow_inner(self: &Arc<Self>, miss: &Miss, waited: Instant) -> Role {
         let holder = miss.request_id.clone();
         loop {
             // A finished leader's mark is no lead to follow: only followers that waited
