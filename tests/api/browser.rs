@@ -161,25 +161,11 @@ impl Service {
     /// Runs `chat.mjs SCENARIO BASE_URL ARGS…`; asserts it exited 0 and returns its JSON line.
     async fn scenario(&self, scenario: &str, args: &[&str]) -> Value {
         let script = root().join("tests/browser/chat.mjs");
-        let mut cmd = Command::new("node");
-        cmd.arg(&script)
-            .arg(scenario)
+        let mut cmd = sandboxed("node", &script, &root().join("tests/browser"));
+        cmd.arg(scenario)
             .arg(&self.base)
             .args(args)
-            .current_dir(root().join("tests/browser"))
-            .env("NO_PROXY", "127.0.0.1,localhost")
-            .stdin(Stdio::null())
-            .kill_on_drop(true);
-        for var in [
-            "HTTP_PROXY",
-            "HTTPS_PROXY",
-            "ALL_PROXY",
-            "http_proxy",
-            "https_proxy",
-            "all_proxy",
-        ] {
-            cmd.env_remove(var);
-        }
+            .stdin(Stdio::null());
         let output = tokio::time::timeout(SCENARIO_TIMEOUT, cmd.output())
             .await
             .unwrap_or_else(|_| {

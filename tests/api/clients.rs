@@ -87,35 +87,6 @@ fn client_command(program: PathBuf, script: &str) -> Command {
     sandboxed(program, &root().join("tests/clients").join(script), &root())
 }
 
-/// `program script` run in `dir`, with nothing from the caller's environment that would
-/// send the libraries elsewhere (a base URL, a proxy, LangSmith tracing).
-fn sandboxed(program: PathBuf, script: &std::path::Path, dir: &std::path::Path) -> Command {
-    let mut cmd = Command::new(program);
-    cmd.arg(script)
-        .current_dir(dir)
-        .env("NO_PROXY", "127.0.0.1,localhost")
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .kill_on_drop(true);
-    for var in [
-        "OPENAI_BASE_URL",
-        "OPENAI_API_BASE",
-        "OPENAI_API_KEY",
-        "OPENAI_ORG_ID",
-        "OPENAI_PROJECT_ID",
-        "LANGSMITH_TRACING",
-        "LANGCHAIN_TRACING_V2",
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "ALL_PROXY",
-        "http_proxy",
-        "https_proxy",
-        "all_proxy",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd
-}
-
 /// Runs a client script to its end; asserts it exited 0 and returns its last stdout line
 /// as JSON.
 async fn run(mut cmd: Command, what: &str, timeout: Duration) -> Value {
@@ -225,36 +196,18 @@ fn question(behaviour: &str, client: Client) -> String {
     format!("我的包裹在哪里? ({behaviour}, {client:?})")
 }
 
-/// A test service whose model tiers are asked the bare question (so the simulated answer
-/// ends with it), with short stream timeouts.
-fn config(redis: &Redis, sim: &SimServer) -> Config {
-    let mut c = test_config(&redis.url(), Some(sim));
+/// The model tiers are asked the bare question (so the simulated answer ends with it).
+fn bare_question(c: &mut Config) {
     for t in [&mut c.primary, &mut c.secondary] {
         t.prompt = "{question}".into();
         t.language_instruction = String::new();
-        t.first_token_timeout_ms = 500;
-        t.stream_idle_timeout_ms = 500;
-    }
-    c
-}
-
-/// Small pieces at a quick pace, a stream fault after two of them.
-fn paced(behavior: Behavior) -> Behavior {
-    Behavior {
-        stream_piece_chars: Some(3),
-        stream_interval_ms: Some(5),
-        stream_cut_after: Some(2),
-        ..behavior
     }
 }
 
+/// The simulator and a service as `helpers::paced_app_with` makes them, asked the bare
+/// question.
 async fn app_with(primary: Behavior, secondary: Behavior) -> (Redis, SimServer, TestApp) {
-    let redis = Redis::start();
-    let sim = healthy_sim().await;
-    sim.set_behavior("gpt-4o", paced(primary));
-    sim.set_behavior("gpt-3.5-turbo", paced(secondary));
-    let app = TestApp::spawn(config(&redis, &sim)).await;
-    (redis, sim, app)
+    paced_app_with(primary, secondary, bare_question).await
 }
 
 /// One test per client for a behaviour `async fn name(client: Client)`.
@@ -404,7 +357,9 @@ async fn the_seed_benchmark_through_langchain_gets_100_answers_over_a_half_faili
         ..Default::default()
     })
     .await;
-    let app = TestApp::spawn(config(&redis, &sim)).await;
+    let mut config = stream_config(&redis, &sim);
+    bare_question(&mut config);
+    let app = TestApp::spawn(config).await;
     let mut cmd = client_command(python(), "langchain_bench.py");
     cmd.arg(format!("{}/v1", app.base));
 

@@ -182,6 +182,83 @@ pub fn test_config(redis_url: &str, sim: Option<&SimServer>) -> Config {
     c
 }
 
+/// A test service over `sim` for streams: the test defaults, and 500 ms to the first
+/// token and between two pieces.
+pub fn stream_config(redis: &Redis, sim: &SimServer) -> Config {
+    let mut c = test_config(&redis.url(), Some(sim));
+    for t in [&mut c.primary, &mut c.secondary] {
+        t.first_token_timeout_ms = 500;
+        t.stream_idle_timeout_ms = 500;
+    }
+    c
+}
+
+/// `outcome` streamed in small pieces at a quick pace (3 characters every 5 ms), a
+/// stream fault after two of them.
+pub fn paced(outcome: Behavior) -> Behavior {
+    Behavior {
+        stream_piece_chars: Some(3),
+        stream_interval_ms: Some(5),
+        stream_cut_after: Some(2),
+        ..outcome
+    }
+}
+
+/// A private Redis, a simulator whose primary and secondary behave as given, `paced`,
+/// and a service on [`stream_config`].
+pub async fn app_with(primary: Behavior, secondary: Behavior) -> (Redis, SimServer, TestApp) {
+    paced_app_with(primary, secondary, |_| {}).await
+}
+
+/// [`app_with`], with the service's config edited by `edit` first.
+pub async fn paced_app_with(
+    primary: Behavior,
+    secondary: Behavior,
+    edit: impl FnOnce(&mut Config),
+) -> (Redis, SimServer, TestApp) {
+    let redis = Redis::start();
+    let sim = healthy_sim().await;
+    sim.set_behavior("gpt-4o", paced(primary));
+    sim.set_behavior("gpt-3.5-turbo", paced(secondary));
+    let mut config = stream_config(&redis, &sim);
+    edit(&mut config);
+    let app = TestApp::spawn(config).await;
+    (redis, sim, app)
+}
+
+/// `program script` run in `dir`, with nothing from the caller's environment that would
+/// send the libraries elsewhere (a base URL, a proxy, LangSmith tracing).
+pub fn sandboxed(
+    program: impl AsRef<std::ffi::OsStr>,
+    script: &std::path::Path,
+    dir: &std::path::Path,
+) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.arg(script)
+        .current_dir(dir)
+        .env("NO_PROXY", "127.0.0.1,localhost")
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .kill_on_drop(true);
+    for var in [
+        "OPENAI_BASE_URL",
+        "OPENAI_API_BASE",
+        "OPENAI_API_KEY",
+        "OPENAI_ORG_ID",
+        "OPENAI_PROJECT_ID",
+        "LANGSMITH_TRACING",
+        "LANGCHAIN_TRACING_V2",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "all_proxy",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
 /// A running service.
 pub struct TestApp {
     pub base: String,

@@ -4,40 +4,12 @@
 
 use std::time::Duration;
 
-use resilient_qa::config::Config;
 use resilient_qa::sim::{Behavior, SimServer};
 use serde_json::{Value, json};
 
 use crate::helpers::*;
 
 const CHAT: &str = "/v1/chat/completions";
-
-fn config(redis: &Redis, sim: &SimServer) -> Config {
-    let mut c = test_config(&redis.url(), Some(sim));
-    for t in [&mut c.primary, &mut c.secondary] {
-        t.first_token_timeout_ms = 500;
-        t.stream_idle_timeout_ms = 500;
-    }
-    c
-}
-
-async fn app_with(primary: Behavior, secondary: Behavior) -> (Redis, SimServer, TestApp) {
-    let redis = Redis::start();
-    let sim = healthy_sim().await;
-    sim.set_behavior("gpt-4o", paced(primary));
-    sim.set_behavior("gpt-3.5-turbo", paced(secondary));
-    let app = TestApp::spawn(config(&redis, &sim)).await;
-    (redis, sim, app)
-}
-
-fn paced(outcome: Behavior) -> Behavior {
-    Behavior {
-        stream_piece_chars: Some(3),
-        stream_interval_ms: Some(5),
-        stream_cut_after: Some(2),
-        ..outcome
-    }
-}
 
 fn user(text: &str) -> Value {
     json!({"role": "user", "content": text})
@@ -274,7 +246,7 @@ async fn client_system_messages_are_dropped_unless_allowed() {
     drop(app);
 
     let redis = Redis::start();
-    let mut c = config(&redis, &sim);
+    let mut c = stream_config(&redis, &sim);
     c.openai_api.allow_client_system = true;
     let app = TestApp::spawn(c).await;
     let (status, _, _) = chat(&app, json!({"model": "m", "messages": messages})).await;
@@ -436,7 +408,7 @@ async fn over_the_concurrency_limit_a_request_gets_503_overloaded_in_openai_shap
             ..Behavior::default()
         },
     );
-    let mut c = config(&redis, &sim);
+    let mut c = stream_config(&redis, &sim);
     c.limits.max_concurrent_requests = 1;
     let app = TestApp::spawn(c).await;
 

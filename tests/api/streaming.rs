@@ -90,34 +90,6 @@ async fn stream(app: &TestApp, question: &str) -> (reqwest::header::HeaderMap, V
     (headers, parse(&resp.text().await.unwrap()))
 }
 
-/// A test service over `sim`, with short stream timeouts.
-fn config(redis: &Redis, sim: &SimServer) -> Config {
-    let mut c = test_config(&redis.url(), Some(sim));
-    for t in [&mut c.primary, &mut c.secondary] {
-        t.first_token_timeout_ms = 500;
-        t.stream_idle_timeout_ms = 500;
-    }
-    c
-}
-
-fn paced(outcome: Behavior) -> Behavior {
-    Behavior {
-        stream_piece_chars: Some(3),
-        stream_interval_ms: Some(5),
-        stream_cut_after: Some(2),
-        ..outcome
-    }
-}
-
-async fn app_with(primary: Behavior, secondary: Behavior) -> (Redis, SimServer, TestApp) {
-    let redis = Redis::start();
-    let sim = healthy_sim().await;
-    sim.set_behavior("gpt-4o", paced(primary));
-    sim.set_behavior("gpt-3.5-turbo", paced(secondary));
-    let app = TestApp::spawn(config(&redis, &sim)).await;
-    (redis, sim, app)
-}
-
 #[tokio::test]
 async fn a_stream_has_the_event_stream_headers_pieces_and_done_last() {
     let (_r, _s, app) = app_with(Behavior::default(), Behavior::default()).await;
@@ -330,7 +302,7 @@ async fn slow_primary(interval_ms: u64) -> (Redis, SimServer, TestApp) {
     let redis = Redis::start();
     let sim = healthy_sim().await;
     sim.set_behavior("gpt-4o", primary);
-    let app = TestApp::spawn(config(&redis, &sim)).await;
+    let app = TestApp::spawn(stream_config(&redis, &sim)).await;
     (redis, sim, app)
 }
 
@@ -386,7 +358,7 @@ async fn a_quiet_stream_gets_a_ping_comment_every_15_seconds() {
     let redis = Redis::start();
     let sim = healthy_sim().await;
     sim.set_behavior("gpt-4o", always("stall_first"));
-    let mut c = config(&redis, &sim);
+    let mut c = stream_config(&redis, &sim);
     c.primary.first_token_timeout_ms = 17_000;
     c.primary.max_attempts = 1;
     c.server.request_timeout_ms = 25_000;
@@ -466,7 +438,7 @@ async fn a_streamed_answer_past_the_size_cap_is_not_continued_but_reset() {
             ..always("huge")
         },
     );
-    let mut c = config(&redis, &sim);
+    let mut c = stream_config(&redis, &sim);
     c.primary.max_response_bytes = 200 * 1024;
     let app = TestApp::spawn(c).await;
 
