@@ -615,14 +615,17 @@ impl AnswerCache {
     }
 
     /// The lease key of a question key: who, among the instances sharing the Redis, is
-    /// asking the models for it now.
+    /// asking the models for it now. The question key is its hash tag, so that in
+    /// cluster mode both live in one hash slot (one node, one pipeline).
     fn lease_key(key: &str) -> String {
-        format!("{key}:lease")
+        format!("{{{key}}}:lease")
     }
 
-    /// One lease command behind the breaker and the Redis timeout. `Err` when Redis
-    /// cannot say (down, breaker open, timed out): the caller then walks on its own.
-    async fn lease_command<T: redis::FromRedisValue + Send + 'static>(
+    /// One command (a lease's, a rate limit's) behind the Redis breaker and
+    /// `redis.timeout_ms`. `Err` when Redis cannot say (down, breaker open, timed out):
+    /// the caller then decides on its own. An error reply is returned as
+    /// [`RedisFailure::Reply`] and says nothing against Redis's health.
+    pub(crate) async fn command<T: redis::FromRedisValue + Send + 'static>(
         &self,
         cmd: redis::Cmd,
     ) -> Result<T, RedisFailure> {
@@ -664,7 +667,7 @@ impl AnswerCache {
             .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
             .arg(marks[0])
             .arg(marks[1]);
-        self.lease_command::<i64>(cmd)
+        self.command::<i64>(cmd)
             .await
             .map(|taken| taken == 1)
             .map_err(|e| e.to_string())
@@ -678,7 +681,7 @@ impl AnswerCache {
             .arg(Self::lease_key(key))
             .arg(holder)
             .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
-        matches!(self.lease_command::<i64>(cmd).await, Ok(1))
+        matches!(self.command::<i64>(cmd).await, Ok(1))
     }
 
     /// Gives up `holder`'s lease of `key`, if it still holds it (another holder's lease
@@ -689,14 +692,14 @@ impl AnswerCache {
             .arg(1)
             .arg(Self::lease_key(key))
             .arg(holder);
-        let _ = self.lease_command::<i64>(cmd).await;
+        let _ = self.command::<i64>(cmd).await;
     }
 
     /// Who holds the lease of `key` (`None`: nobody); `Err` when Redis cannot say.
     pub async fn lease_holder(&self, key: &str) -> Result<Option<String>, String> {
         let mut cmd = redis::cmd("GET");
         cmd.arg(Self::lease_key(key));
-        self.lease_command::<Option<String>>(cmd)
+        self.command::<Option<String>>(cmd)
             .await
             .map_err(|e| e.to_string())
     }
@@ -711,7 +714,7 @@ impl AnswerCache {
             .arg(holder)
             .arg(value)
             .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
-        let _ = self.lease_command::<i64>(cmd).await;
+        let _ = self.command::<i64>(cmd).await;
     }
 
     /// The fresh answer to `key` in Redis, if another instance has written it: read
