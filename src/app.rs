@@ -176,14 +176,27 @@ impl App {
 
         // First Redis check before serving, so /readyz is right from the start; then
         // one a second. A down Redis is logged, never fatal.
-        let redis_url = crate::redact::url(&config.redis.url);
+        let redis_url = match config.redis.mode {
+            crate::config::RedisMode::Standalone => crate::redact::url(&config.redis.url),
+            _ if config.redis.urls.is_empty() => crate::redact::url(&config.redis.url),
+            _ => config
+                .redis
+                .urls
+                .iter()
+                .map(|u| crate::redact::url(u))
+                .collect::<Vec<_>>()
+                .join(","),
+        };
+        let mode = config.redis.mode.as_str();
         match cache.ping().await {
-            RedisState::Up => {}
+            RedisState::Up => tracing::info!(mode, url = %redis_url, "redis is reachable"),
             RedisState::AuthFailed => tracing::error!(
+                mode,
                 url = %redis_url,
                 "redis refused the credentials (authentication failed); serving without it until they are fixed"
             ),
             RedisState::Down => tracing::warn!(
+                mode,
                 url = %redis_url,
                 "redis is unreachable; serving without it until it returns"
             ),

@@ -149,6 +149,39 @@ pub struct RedisConfig {
     /// PEM file of the certificate authorities that `rediss://` servers are verified
     /// against, instead of the system's roots.
     pub ca_file: Option<PathBuf>,
+    /// How the Redis is deployed: one server, a Sentinel-watched primary, or a cluster.
+    pub mode: RedisMode,
+    /// Sentinel mode: the sentinels' URLs; cluster mode: seed nodes (empty: `url`).
+    pub urls: Vec<String>,
+    /// Sentinel mode: the name the sentinels know the primary by.
+    pub sentinel_master: String,
+}
+
+/// `redis.mode`: the Redis topology the service talks to, each through redis-rs's own
+/// support for it (the client finds the current primary, or the slot owners, by itself).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RedisMode {
+    /// One server (or a managed endpoint that hides its failover behind one address):
+    /// `redis.url`.
+    Standalone,
+    /// A primary and replicas watched by Redis Sentinel: `redis.urls` lists the
+    /// sentinels, `redis.sentinel_master` names the primary; user, password, database
+    /// and TLS of the data nodes come from `redis.url`.
+    Sentinel,
+    /// Redis Cluster: `redis.urls` lists seed nodes (or `redis.url` alone); credentials
+    /// and TLS come from each seed URL.
+    Cluster,
+}
+
+impl RedisMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RedisMode::Standalone => "standalone",
+            RedisMode::Sentinel => "sentinel",
+            RedisMode::Cluster => "cluster",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -302,6 +335,9 @@ impl Default for Config {
                 pool_size: 1,
                 timeout_ms: 100,
                 ca_file: None,
+                mode: RedisMode::Standalone,
+                urls: Vec::new(),
+                sentinel_master: "mymaster".into(),
             },
             canned: CannedConfig {
                 file: PathBuf::from("config/canned_answers.toml"),
@@ -381,6 +417,26 @@ fn key_error(key: &str, message: impl Into<String>) -> ConfigError {
         key: key.into(),
         message: message.into(),
     }
+}
+
+/// Checks one Redis URL: `redis://` or `rediss://` (and unix sockets where `unix` allows).
+fn redis_url(key: &str, raw: &str, unix: bool) -> Result<(), ConfigError> {
+    let url = reqwest::Url::parse(raw).map_err(|e| key_error(key, format!("not a URL: {e}")))?;
+    let ok = match url.scheme() {
+        "redis" | "rediss" => true,
+        "unix" | "redis+unix" => unix,
+        _ => false,
+    };
+    if !ok {
+        return Err(key_error(
+            key,
+            format!(
+                "scheme must be redis:// or rediss:// (got {})",
+                url.scheme()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Plain environment variables and the key each one sets.
@@ -634,16 +690,25 @@ impl Config {
                 "the default language (canned.default_language) needs a default reply",
             ));
         }
-        let url = reqwest::Url::parse(&self.redis.url)
-            .map_err(|e| key_error("redis.url", format!("not a URL: {e}")))?;
-        if !matches!(url.scheme(), "redis" | "rediss" | "unix" | "redis+unix") {
-            return Err(key_error(
-                "redis.url",
-                format!(
-                    "scheme must be redis:// or rediss:// (got {})",
-                    url.scheme()
-                ),
-            ));
+        redis_url("redis.url", &self.redis.url, true)?;
+        for (i, u) in self.redis.urls.iter().enumerate() {
+            redis_url(&format!("redis.urls[{i}]"), u, false)?;
+        }
+        match self.redis.mode {
+            RedisMode::Standalone => {}
+            RedisMode::Sentinel if self.redis.urls.is_empty() => {
+                return Err(key_error(
+                    "redis.urls",
+                    "sentinel mode needs the sentinels' URLs (redis://host:26379, ...)",
+                ));
+            }
+            RedisMode::Sentinel if self.redis.sentinel_master.trim().is_empty() => {
+                return Err(key_error(
+                    "redis.sentinel_master",
+                    "sentinel mode needs the primary's name, as the sentinels know it",
+                ));
+            }
+            RedisMode::Sentinel | RedisMode::Cluster => {}
         }
         within("redis.pool_size", self.redis.pool_size as u64, 1, 1024)?;
         within("redis.timeout_ms", self.redis.timeout_ms, 1, 60_000)?;
@@ -1100,6 +1165,39 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.redis.url, "redis://a:1");
+    }
+
+    #[test]
+    fn sentinel_mode_is_read_from_the_environment_with_its_sentinels() {
+        let c = Config::from_layers(
+            None,
+            &env(&[
+                ("QA__REDIS__MODE", "sentinel"),
+                ("QA__REDIS__URLS", "redis://s1:26379, redis://s2:26379"),
+                ("QA__REDIS__SENTINEL_MASTER", "qa"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.redis.mode, RedisMode::Sentinel);
+        assert_eq!(c.redis.urls, ["redis://s1:26379", "redis://s2:26379"]);
+        assert_eq!(c.redis.sentinel_master, "qa");
+    }
+
+    #[test]
+    fn sentinel_mode_without_sentinels_or_a_bad_seed_url_is_refused_by_key() {
+        let mut c = Config::default();
+        c.redis.mode = RedisMode::Sentinel;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("redis.urls"), "{err}");
+        c.redis.mode = RedisMode::Cluster;
+        c.redis.urls = vec!["redis://a:1".into(), "http://b:2".into()];
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("redis.urls[1]"), "{err}");
+        c.redis.mode = RedisMode::Standalone;
+        c.redis.urls.clear();
+        c.redis.url = "memcached://x".into();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("redis.url"), "{err}");
     }
 
     #[test]

@@ -17,12 +17,11 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use deadpool_redis::redis;
-use deadpool_redis::redis::aio::MultiplexedConnection;
-use deadpool_redis::{Manager, Pool, Runtime, Timeouts};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use super::topology::{self, Conn, ConnPool, Subscriber};
 use crate::config::{BreakerConfig, CacheConfig, RedisConfig};
 use crate::resilience::breaker::Breaker;
 use crate::telemetry::Metrics;
@@ -164,17 +163,18 @@ const WRITE_BACKLOG: usize = 10_000;
 const BACKLOG_RETRY: Duration = Duration::from_millis(500);
 
 /// Multiplexed Redis connections shared by every request (commands pipeline over them),
-/// used in turn, made through the deadpool pool (with its connect timeout) and replaced
-/// after an error. deadpool's own checkout PINGs on every use: a second round trip per
-/// lookup, which halves the throughput of Redis cache hits.
+/// used in turn, made through the pool of the configured topology (with its connect
+/// timeout) and replaced after an error. A pool checkout of its own per command (as
+/// deadpool's is, with a PING) would be a second round trip per lookup, which halves the
+/// throughput of Redis cache hits.
 struct SharedConnections {
-    pool: Pool,
-    slots: Vec<RwLock<Option<MultiplexedConnection>>>,
+    pool: ConnPool,
+    slots: Vec<RwLock<Option<Conn>>>,
     next: AtomicUsize,
 }
 
 impl SharedConnections {
-    fn new(pool: Pool, slots: usize) -> Self {
+    fn new(pool: ConnPool, slots: usize) -> Self {
         SharedConnections {
             pool,
             slots: (0..slots.max(1)).map(|_| RwLock::new(None)).collect(),
@@ -183,10 +183,11 @@ impl SharedConnections {
     }
 
     /// Runs `f` on a connection; a connection that fails (not a command that Redis
-    /// answered with an error) is dropped, so the next use of its slot connects afresh.
+    /// answered with an error) is dropped, so the next use of its slot connects afresh
+    /// (to the primary the sentinels name now, or with a cluster's slot map read anew).
     async fn run<T, F, Fut>(&self, f: F) -> Result<T, RedisFailure>
     where
-        F: FnOnce(MultiplexedConnection) -> Fut,
+        F: FnOnce(Conn) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
         let slot = &self.slots[self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len()];
@@ -195,10 +196,10 @@ impl SharedConnections {
             Some(c) => c,
             None => {
                 let fresh = self.pool.get().await.map_err(|e| match e {
-                    deadpool_redis::PoolError::Backend(e) => RedisFailure::classify(&e),
+                    deadpool::managed::PoolError::Backend(e) => RedisFailure::classify(&e),
                     other => RedisFailure::Unreachable(other.to_string()),
                 })?;
-                let conn = deadpool_redis::Connection::take(fresh);
+                let conn = deadpool::managed::Object::take(fresh);
                 if let Ok(mut s) = slot.write() {
                     *s = Some(conn.clone());
                 }
@@ -236,8 +237,8 @@ const HAND_OVER_LEASE: &str = r#"if redis.call("GET", KEYS[1]) == ARGV[1] then r
 pub struct AnswerCache {
     memory: Option<moka::future::Cache<String, CachedAnswer>>,
     redis: SharedConnections,
-    /// For the invalidation subscription (TLS settings included).
-    client: redis::Client,
+    /// Where the invalidation subscription connects.
+    subscriber: Subscriber,
     redis_timeout: Duration,
     ttl_ms: u64,
     stale_ms: u64,
@@ -263,26 +264,6 @@ pub struct CacheOptions {
     pub max_answer_bytes: usize,
 }
 
-/// The Redis client for `cfg`: the URL, with `redis.ca_file`'s certificate authorities
-/// for `rediss://` when set. Errors name the key at fault.
-pub fn redis_client(cfg: &RedisConfig) -> Result<redis::Client, String> {
-    match &cfg.ca_file {
-        None => redis::Client::open(cfg.url.as_str()).map_err(|e| format!("redis.url: {e}")),
-        Some(path) => {
-            let pem = std::fs::read(path)
-                .map_err(|e| format!("redis.ca_file: cannot read {}: {e}", path.display()))?;
-            redis::Client::build_with_tls(
-                cfg.url.as_str(),
-                redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(pem),
-                },
-            )
-            .map_err(|e| format!("redis.ca_file ({}): {e}", path.display()))
-        }
-    }
-}
-
 /// The background writer: drained and stopped by [`CacheWriter::flush`].
 pub struct CacheWriter {
     task: JoinHandle<()>,
@@ -298,21 +279,7 @@ impl AnswerCache {
         metrics: Metrics,
     ) -> Result<(Arc<AnswerCache>, CacheWriter), String> {
         let timeout = Duration::from_millis(redis_cfg.timeout_ms);
-        let client = redis_client(redis_cfg)?;
-        // The manager gets the client's connection info whole, TLS settings included
-        // (deadpool's serializable config would drop a custom root certificate).
-        let manager = Manager::new(client.get_connection_info().clone())
-            .map_err(|e| format!("redis.url: {e}"))?;
-        let redis = Pool::builder(manager)
-            .max_size(redis_cfg.pool_size)
-            .timeouts(Timeouts {
-                wait: Some(timeout),
-                create: Some(timeout),
-                recycle: Some(timeout),
-            })
-            .runtime(Runtime::Tokio1)
-            .build()
-            .map_err(|e| format!("redis.url: {e}"))?;
+        let (redis, subscriber) = topology::connect(redis_cfg, timeout)?;
         let ttl_ms = cfg.ttl_secs.saturating_mul(1000);
         let stale_ms = cfg.stale_ttl_secs.saturating_mul(1000);
         let memory = (cfg.memory_max_entries > 0).then(|| {
@@ -332,7 +299,7 @@ impl AnswerCache {
             breaker,
             memory,
             redis: SharedConnections::new(redis, redis_cfg.pool_size),
-            client,
+            subscriber,
             redis_timeout: timeout,
             ttl_ms,
             stale_ms,
@@ -594,13 +561,17 @@ impl AnswerCache {
         // A lease left on the question (a leader's, or its "answered" mark) goes too, so
         // that the next ask calls the model at once instead of waiting on it.
         let lease = Self::lease_key(key);
+        // The answer and its lease share a hash slot (one pipeline, even in a cluster);
+        // the channel is not a key of that slot, so the announcement goes on its own.
         let fut = self.redis.run(|mut conn| async move {
-            let (removed, _lease, _receivers): (u64, u64, u64) = redis::pipe()
+            let (removed, _lease): (u64, u64) = redis::pipe()
                 .cmd("DEL")
                 .arg(key)
                 .cmd("DEL")
                 .arg(&lease)
-                .cmd("PUBLISH")
+                .query_async(&mut conn)
+                .await?;
+            let _receivers: u64 = redis::cmd("PUBLISH")
                 .arg(&channel)
                 .arg(key)
                 .query_async(&mut conn)
@@ -769,9 +740,11 @@ impl AnswerCache {
         };
         let channel = self.invalidation_channel();
         let mut first = true;
+        let mut attempt = 0usize;
         loop {
             let subscribed = async {
-                let mut pubsub = self.client.get_async_pubsub().await?;
+                let client = self.subscriber.client(attempt).await?;
+                let mut pubsub = client.get_async_pubsub().await?;
                 pubsub.subscribe(&channel).await?;
                 Ok::<_, redis::RedisError>(pubsub)
             };
@@ -794,6 +767,7 @@ impl AnswerCache {
                 }
                 Err(_) => tracing::debug!("subscribing to cache invalidations timed out"),
             }
+            attempt = attempt.wrapping_add(1);
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }

@@ -26,6 +26,7 @@ pub mod model;
 pub mod normalize;
 pub mod source;
 mod stream;
+pub mod topology;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

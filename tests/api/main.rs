@@ -25,5 +25,6 @@ mod resilience;
 mod retries;
 mod seed_experiment;
 mod streaming;
+mod topologies;
 mod ui;
 mod upstream_boundaries;

@@ -18,7 +18,7 @@ fn config(redis: &Redis, sim: &SimServer) -> Config {
 /// The lease key of `question` under the default key prefix.
 fn lease_key(config: &Config, question: &str) -> String {
     format!(
-        "{}:lease",
+        "{{{}}}:lease",
         cache_key(&config.cache.key_prefix, &normalize(question))
     )
 }
