@@ -136,6 +136,10 @@ pub struct CacheConfig {
     /// Entries kept in process memory; 0 turns the memory layer off.
     pub memory_max_entries: u64,
     pub key_prefix: String,
+    /// One upstream call per question across the instances sharing the Redis (a lease
+    /// per question key, `src/pipeline/lease.rs`); off, each instance coalesces only its
+    /// own requests (two Redis round trips fewer per miss, for a lone instance).
+    pub coalesce_across_instances: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -329,6 +333,7 @@ impl Default for Config {
                 stale_ttl_secs: 86_400,
                 memory_max_entries: 10_000,
                 key_prefix: "qa:v1:".into(),
+                coalesce_across_instances: true,
             },
             redis: RedisConfig {
                 url: "redis://127.0.0.1:6379".into(),

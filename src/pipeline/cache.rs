@@ -243,6 +243,8 @@ pub struct AnswerCache {
     ttl_ms: u64,
     stale_ms: u64,
     prefix: String,
+    /// `cache.coalesce_across_instances`.
+    across_instances: bool,
     /// The fingerprint of the configuration answers are fresh for.
     fingerprint: Arc<str>,
     /// Longest answer accepted from Redis, in bytes.
@@ -304,6 +306,7 @@ impl AnswerCache {
             ttl_ms,
             stale_ms,
             prefix: cfg.key_prefix.clone(),
+            across_instances: cfg.coalesce_across_instances,
             fingerprint: Arc::from(options.fingerprint),
             max_answer_bytes: options.max_answer_bytes,
             metrics,
@@ -317,6 +320,12 @@ impl AnswerCache {
 
     pub fn key(&self, normalized: &str) -> String {
         super::normalize::cache_key(&self.prefix, normalized)
+    }
+
+    /// Whether walks are shared across the instances sharing the Redis, through a lease
+    /// per question (`cache.coalesce_across_instances`).
+    pub fn coalesces_across_instances(&self) -> bool {
+        self.across_instances
     }
 
     /// The fingerprint answers written now carry.

@@ -68,7 +68,7 @@ impl Pipeline {
                 let question = miss.question.clone();
                 let one_turn = miss.history.is_none();
                 // Across instances sharing the Redis: lead, or follow another's walk.
-                let role = if one_turn {
+                let role = if one_turn && pipeline.cache.coalesces_across_instances() {
                     pipeline.lead_or_follow(&mut miss).await
                 } else {
                     Role::Lead(None)

@@ -71,6 +71,43 @@ async fn twenty_new_questions_asked_at_once_on_three_instances_go_upstream_once_
 }
 
 #[tokio::test]
+async fn with_coalescing_across_instances_off_each_instance_asks_on_its_own() {
+    let redis = Redis::start();
+    let sim = healthy_sim().await;
+    sim.set_behavior(
+        "gpt-4o",
+        Behavior {
+            latency_ms: 300,
+            ..Behavior::default()
+        },
+    );
+    let mut apps = Vec::new();
+    for _ in 0..3 {
+        let mut c = config(&redis, &sim);
+        c.cache.coalesce_across_instances = false;
+        apps.push(TestApp::spawn(c).await);
+    }
+
+    let asks = (0..30).map(|i| {
+        let app = &apps[i % 3];
+        async move { app.ask(&format!("lone question number {}", i % 10)).await }
+    });
+    for (status, body) in futures_util::future::join_all(asks).await {
+        assert_eq!(status, 200, "{body}");
+    }
+    // Each instance coalesces its own three requests of a question: one call per
+    // question per instance, and no lease taken.
+    assert_eq!(sim.calls("gpt-4o"), 30);
+    for app in &apps {
+        assert_eq!(
+            app.metric(r#"qa_question_leases_total{result="led"}"#)
+                .await,
+            0.0
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_leader_that_vanished_is_taken_over_when_its_lease_lapses() {
     let redis = Redis::start();
     let sim = healthy_sim().await;
