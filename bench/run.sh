@@ -5,6 +5,9 @@
 #                           # rewrite the generated section of BENCHMARKS.md
 #   bench/run.sh --micro    # the same, then the criterion micro-benchmarks (benches/hot_paths.rs)
 #                           # whose table goes into BENCHMARKS.md too
+#   bench/run.sh --scale    # instead: several instances (bench/scale.py): what the
+#                           # cross-instance lease and the rate limits cost, and three
+#                           # instances behind HAProxy against one
 #
 # It starts, on free loopback ports, a private redis-server (no persistence), the
 # simulator `upstream-sim` at a fixed latency, and fresh instances of `resilient-qa`, and
@@ -19,10 +22,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 MICRO=0
+SCALE=0
 for arg in "$@"; do
     case "$arg" in
         --micro) MICRO=1 ;;
-        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        --scale) SCALE=1 ;;
+        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
         *) echo "bench/run.sh: unknown argument $arg (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -79,7 +84,13 @@ echo "bench: cargo build --release --bins" >&2
 cargo build --release --bins --quiet
 
 export BENCH_COMMAND="bench/run.sh${1:+ $*}"
-python3 "$ROOT/bench/bench.py" &
+if [[ $SCALE == 1 ]]; then
+    command -v haproxy >/dev/null 2>&1 || [[ -x /usr/sbin/haproxy ]] \
+        || "$ROOT/scripts/install-deps.sh" haproxy
+    python3 "$ROOT/bench/scale.py" &
+else
+    python3 "$ROOT/bench/bench.py" &
+fi
 BENCH_PY_PID=$!
 wait "$BENCH_PY_PID"
 BENCH_PY_PID=
