@@ -10,8 +10,9 @@
 //! - The question is the last `user` message (its text parts joined by a space).
 //!   The `user` and `assistant` messages before it are the conversation, sent to the
 //!   models; `system` and `developer` messages only with
-//!   `openai_api.allow_client_system`. A request with no conversation before its
-//!   question is a one-turn question, answered exactly as `/ask` answers it (cache,
+//!   `openai_api.allow_client_system`. A request whose only `user` message is its
+//!   question (assistant lines before it, a greeting, are dropped) and with no system
+//!   message is a one-turn question, answered exactly as `/ask` answers it (cache,
 //!   coalescing, stale answers, canned answers first); a conversation goes to the
 //!   models, then the canned answers, then the default reply.
 //! - Streams never take text back: where `/ask` sends `reset`, the later tier's answer
@@ -283,7 +284,16 @@ async fn read_chat(state: &AppState, headers: &HeaderMap, body: Body) -> Result<
                 content: Some(MessageContent::Text(text)),
             })
         })
-        .collect();
+        .collect::<Vec<_>>();
+    // A conversation of one `user` message is a one-turn question (the contract): the
+    // assistant's lines before it (a greeting) do not make it one, and are not sent. A
+    // client's system message does: it shapes the answer, which must not then be served
+    // from the cache to others.
+    let history = if history.iter().all(|m| m.role == "assistant") {
+        Vec::new()
+    } else {
+        history
+    };
     Ok(Chat {
         question: question.to_owned(),
         history,

@@ -169,6 +169,23 @@ async fn a_one_turn_question_shares_the_cache_with_ask() {
 }
 
 #[tokio::test]
+async fn an_assistant_greeting_before_the_only_question_keeps_it_a_one_turn_question() {
+    let (_r, sim, app) = app_with(Behavior::default(), Behavior::default()).await;
+    let (_, asked) = app.ask("Do you ship to Norway?").await;
+    let messages = json!([
+        {"role": "assistant", "content": "Hello! How can I help you today?"},
+        user("Do you ship to Norway?"),
+    ]);
+
+    let (status, _, body) = chat(&app, json!({"model": "m", "messages": messages})).await;
+
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["resilient_qa"]["source"], "cache");
+    assert_eq!(text(&body), asked["answer"].as_str().unwrap());
+    assert_eq!(sim.calls("gpt-4o"), 1);
+}
+
+#[tokio::test]
 async fn a_conversation_reaches_the_models_with_its_history_and_is_never_cached() {
     let (_r, sim, app) = app_with(Behavior::default(), Behavior::default()).await;
     let messages = json!([
