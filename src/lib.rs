@@ -3,6 +3,7 @@
 //! secondary model, canned answers, stale cache, default reply.
 
 pub mod app;
+pub mod clients;
 pub mod config;
 pub mod demo;
 pub mod error;
