@@ -9,6 +9,7 @@ pub mod demo;
 pub mod error;
 pub mod faq;
 pub mod guards;
+pub mod limits;
 pub mod middleware;
 pub mod pipeline;
 pub mod redact;
