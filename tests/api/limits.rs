@@ -1,15 +1,16 @@
 //! Clients and their limits, over real HTTP against a real `redis-server`: who a client
 //! is (a known API key, or its address, through trusted proxies only), the request rate
 //! (429 with Retry-After and the RateLimit fields, common to the instances sharing a
-//! Redis, local while Redis is away), the clients file and its reloads, and metrics that
-//! name no client.
+//! Redis, local while Redis is away), the daily model-call budget (cache, canned and
+//! stale answers still given, no model call, 429 for a new question), the clients file
+//! and its reloads, and metrics that name no client.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use resilient_qa::config::Config;
-use resilient_qa::sim::SimServer;
+use resilient_qa::sim::{Behavior, SimServer};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -97,6 +98,23 @@ async fn statuses(
         );
     }
     out
+}
+
+/// The sum of the daily counters in Redis (every client's).
+async fn daily_calls(redis: &Redis) -> u64 {
+    let mut conn = redis.conn().await;
+    let mut total = 0;
+    for key in redis.keys().await {
+        if key.contains("limits:daily:") {
+            let n: u64 = deadpool_redis::redis::cmd("GET")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            total += n;
+        }
+    }
+    total
 }
 
 #[tokio::test]
@@ -513,6 +531,193 @@ fn a_bad_clients_file_at_start_up_stops_the_service_with_exit_2_naming_the_key()
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("clients.file"), "{stderr}");
     assert!(stderr.contains("clients[1].rps"), "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A service whose clients have a daily budget of `calls` model calls.
+async fn budget_app(
+    redis: &Redis,
+    sim: &SimServer,
+    calls: u64,
+    edit: impl FnOnce(&mut Config),
+) -> TestApp {
+    TestApp::spawn(config(redis, sim, |c| {
+        c.limits.per_client_model_calls_per_day = calls;
+        edit(c);
+    }))
+    .await
+}
+
+/// Waits until the daily counters in Redis add up to `n`.
+async fn charged(redis: &Redis, n: u64) -> bool {
+    eventually(Duration::from_secs(5), || async {
+        daily_calls(redis).await == n
+    })
+    .await
+}
+
+#[tokio::test]
+async fn over_its_daily_budget_a_client_still_gets_cached_and_canned_answers_without_a_model_call()
+{
+    let redis = Redis::start();
+    let sim = healthy_sim().await;
+    let app = budget_app(&redis, &sim, 1, |_| {}).await;
+
+    let (status, first) = app.ask("What are your opening hours?").await;
+    assert_eq!((status, first["source"].as_str()), (200, Some("primary")));
+    assert!(charged(&redis, 1).await, "one model call charged");
+
+    let cached = ask_as(&app, None, None, "What are your opening hours?").await;
+    let cached_policy = header(&cached, "ratelimit-policy");
+    let cached: Value = cached.json().await.unwrap();
+    let canned = ask_as(&app, None, None, "如何退货?").await;
+    let canned_limit = header(&canned, "ratelimit");
+    let canned: Value = canned.json().await.unwrap();
+
+    assert_eq!(cached["source"], "cache", "{cached}");
+    assert_eq!(cached_policy, "\"daily\";q=1;w=86400");
+    assert_eq!(canned["source"], "canned", "{canned}");
+    assert!(
+        canned_limit.starts_with("\"daily\";r=0;t="),
+        "{canned_limit}"
+    );
+    assert_eq!(sim.calls("gpt-4o"), 1, "no model call past the budget");
+    assert_eq!(sim.calls("gpt-3.5-turbo"), 0);
+    assert_eq!(
+        app.metric(r#"qa_fallbacks_total{from="primary",reason="budget"}"#)
+            .await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn over_its_daily_budget_a_new_question_gets_429_until_midnight_utc() {
+    let redis = Redis::start();
+    let sim = healthy_sim().await;
+    let app = budget_app(&redis, &sim, 1, |_| {}).await;
+    app.ask("a question that spends the budget").await;
+    assert!(charged(&redis, 1).await);
+
+    let refused = ask_as(&app, None, None, "a brand new question").await;
+
+    assert_eq!(refused.status(), 429);
+    let retry: u64 = header(&refused, "retry-after").parse().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let to_midnight = 86_400 - now % 86_400;
+    assert!(
+        retry.abs_diff(to_midnight) <= 2,
+        "Retry-After {retry}, midnight UTC in {to_midnight}"
+    );
+    assert_eq!(
+        header(&refused, "ratelimit-policy"),
+        "\"daily\";q=1;w=86400"
+    );
+    assert_eq!(
+        header(&refused, "ratelimit"),
+        format!("\"daily\";r=0;t={retry}")
+    );
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limited", "{body}");
+    assert_eq!(sim.calls("gpt-4o"), 1, "the new question called no model");
+    assert_eq!(
+        app.metric(r#"qa_rate_limit_checks_total{limit="daily",result="limited",store="redis"}"#)
+            .await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn over_its_daily_budget_a_client_gets_the_stale_answer() {
+    let redis = Redis::start();
+    let sim = healthy_sim().await;
+    let app = budget_app(&redis, &sim, 1, |c| c.cache.ttl_secs = 1).await;
+    assert_eq!(app.source_of("will this go stale?").await, "primary");
+    assert!(charged(&redis, 1).await);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+
+    let (status, body) = app.ask("will this go stale?").await;
+
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["source"], "stale", "{body}");
+    assert_eq!(sim.calls("gpt-4o"), 1);
+}
+
+#[tokio::test]
+async fn the_budget_counts_every_model_attempt_retries_included() {
+    let redis = Redis::start();
+    let sim = healthy_sim().await;
+    sim.set_behavior("gpt-4o", script(&["500", "500", "ok"]));
+    let app = budget_app(&redis, &sim, 10, |_| {}).await;
+
+    let (status, body) = app.ask("an answer that took three tries").await;
+
+    assert_eq!((status, body["source"].as_str()), (200, Some("primary")));
+    assert!(
+        charged(&redis, 3).await,
+        "three attempts: {}",
+        daily_calls(&redis).await
+    );
+    let resp = ask_as(&app, None, None, "yet another question").await;
+    let limit = header(&resp, "ratelimit");
+    assert!(limit.starts_with("\"daily\";r=7;t="), "{limit}");
+}
+
+#[tokio::test]
+async fn a_question_shared_with_the_same_question_in_flight_costs_nothing_extra() {
+    let redis = Redis::start();
+    let sim = healthy_sim().await;
+    sim.set_behavior(
+        "gpt-4o",
+        Behavior {
+            latency_ms: 400,
+            ..Behavior::default()
+        },
+    );
+    let dir = temp_dir();
+    let file = dir.join("clients.toml");
+    std::fs::write(
+        &file,
+        entry("acme-web", "sk-acme", "model_calls_per_day = 100")
+            + &entry("spent", "sk-spent", "model_calls_per_day = 1")
+            + &entry("beta-app", "sk-beta", "model_calls_per_day = 100"),
+    )
+    .unwrap();
+    let app = TestApp::spawn(config(&redis, &sim, |c| {
+        c.clients.file = Some(file.clone());
+    }))
+    .await;
+    // "spent" uses up its one call.
+    let spent = ask_as(&app, Some("sk-spent"), None, "spend it").await;
+    assert_eq!(spent.status(), 200);
+    assert!(charged(&redis, 1).await);
+
+    let question = "a slow question everyone asks";
+    let (a, b, c) = tokio::join!(
+        ask_as(&app, Some("sk-acme"), None, question),
+        async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            ask_as(&app, Some("sk-beta"), None, question).await
+        },
+        async {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            ask_as(&app, Some("sk-spent"), None, question).await
+        },
+    );
+
+    for resp in [a, b, c] {
+        assert_eq!(resp.status(), 200);
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["source"], "primary", "{body}");
+    }
+    assert_eq!(sim.calls("gpt-4o"), 2, "one call for the shared question");
+    assert!(
+        charged(&redis, 2).await,
+        "only the walk's leader paid: {}",
+        daily_calls(&redis).await
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
