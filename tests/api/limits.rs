@@ -672,7 +672,8 @@ async fn a_question_shared_with_the_same_question_in_flight_costs_nothing_extra(
     sim.set_behavior(
         "gpt-4o",
         Behavior {
-            latency_ms: 400,
+            // Ample for the other two to join the walk, on a busy machine too.
+            latency_ms: 1000,
             ..Behavior::default()
         },
     );
