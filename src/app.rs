@@ -157,6 +157,23 @@ impl App {
             }
         }
 
+        let clients = Arc::new(
+            crate::clients::Clients::new(&config)
+                .map_err(|e| BuildError::Config(format!("clients.file: {e}")))?,
+        );
+        if config.clients.file.is_some() {
+            tracing::info!(
+                clients = clients.len(),
+                require_key = config.clients.require_key,
+                "clients loaded"
+            );
+        }
+        let limiter = Arc::new(crate::limits::Limiter::new(
+            cache.clone(),
+            &config.cache.key_prefix,
+            metrics.clone(),
+        ));
+
         let pipeline = Arc::new(Pipeline::new(
             cache.clone(),
             tiers,
@@ -172,6 +189,8 @@ impl App {
             stats,
             draining: AtomicBool::new(false),
             inflight: Arc::new(Semaphore::new(config.limits.max_concurrent_requests)),
+            clients: clients.clone(),
+            limiter: limiter.clone(),
         }));
 
         // First Redis check before serving, so /readyz is right from the start; then
@@ -204,6 +223,8 @@ impl App {
         let background = vec![
             tokio::spawn(cache.clone().follow_invalidations()),
             tokio::spawn(watch_redis(cache)),
+            tokio::spawn(clients.watch(Duration::from_millis(config.clients.reload_check_ms))),
+            tokio::spawn(limiter.tidy()),
         ];
 
         let listener = TcpListener::bind(&config.server.listen_addr)
@@ -336,8 +357,8 @@ async fn watch_redis(cache: Arc<AnswerCache>) {
 /// HTTP/1.1 is 400) -> trace span (with the id, at DEBUG) -> CORS (when origins are
 /// configured) -> OpenAI error shape (every error under `/v1/` rewritten, refusals counted
 /// by API) -> catch-panic (a panic becomes a JSON 500) -> routes; the answering routes
-/// (`/ask`, `/v1/chat/completions`) add the guards of `guards.rs` (body limits, then load
-/// shedding).
+/// (`/ask`, `/v1/chat/completions`) add the guards of `guards.rs` (client, body limits,
+/// client rate, load shedding); `/v1/models` the client guard alone.
 pub fn router(state: AppState) -> Router {
     // The answering routes, behind the guards (`guards.rs` lists them in order).
     let answering = crate::guards::answering(
@@ -356,12 +377,17 @@ pub fn router(state: AppState) -> Router {
         .route("/", get(routes::ui::page))
         .route("/assets/chat.js", get(routes::ui::chat_js))
         .route("/widget.js", get(routes::ui::widget_js))
-        .route("/v1/models", get(routes::openai::models))
-        .route("/v1/models/{model}", get(routes::openai::model))
+        .merge(crate::guards::keyed(
+            state.clone(),
+            Router::new()
+                .route("/v1/models", get(routes::openai::models))
+                .route("/v1/models/{model}", get(routes::openai::model)),
+        ))
         // Every method: with admin disabled each answers 404, so nothing tells they exist.
         .route("/admin/cache", any(routes::admin::delete_cache))
         .route("/admin/canned/reload", any(routes::admin::reload_canned))
         .route("/admin/canned/explain", any(routes::admin::explain_canned))
+        .route("/admin/clients/reload", any(routes::admin::reload_clients))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(CatchPanicLayer::custom(
@@ -404,7 +430,8 @@ const PREFLIGHT_MAX_AGE: Duration = Duration::from_secs(3600);
 
 /// CORS for `server.cors_allowed_origins` (validated at start: origins, or `*` alone);
 /// `None` when the list is empty. The headers a page needs are exposed: `X-Request-Id`,
-/// `Retry-After` (for a `503 overloaded` countdown) and `X-QA-Source`; the request headers
+/// `Retry-After` (for a `503 overloaded` or `429 rate_limited` countdown), `X-QA-Source`,
+/// and `RateLimit` and `RateLimit-Policy`; the request headers
 /// a browser asks for are allowed (the OpenAI SDKs send their own); preflights are cached
 /// for [`PREFLIGHT_MAX_AGE`].
 fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
@@ -429,6 +456,8 @@ fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
                 HeaderName::from_static(REQUEST_ID),
                 axum::http::header::RETRY_AFTER,
                 routes::openai::QA_SOURCE,
+                crate::limits::headers::RATELIMIT,
+                crate::limits::headers::RATELIMIT_POLICY,
             ])
             .max_age(PREFLIGHT_MAX_AGE),
     )

@@ -57,6 +57,7 @@ pub struct Config {
     pub redis: RedisConfig,
     pub canned: CannedConfig,
     pub limits: LimitsConfig,
+    pub clients: ClientsConfig,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
     pub breaker: BreakerConfig,
@@ -90,6 +91,10 @@ pub struct ServerConfig {
     pub body_read_timeout_ms: u64,
     /// Origins allowed by CORS; empty means no CORS headers at all.
     pub cors_allowed_origins: Vec<String>,
+    /// Proxies whose `X-Forwarded-For` is believed: IP addresses (`10.0.0.7`) or CIDR
+    /// blocks (`10.0.0.0/8`, `fd00::/8`). Empty: the client is the TCP peer, whatever
+    /// the headers say.
+    pub trusted_proxies: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -207,6 +212,29 @@ pub struct LimitsConfig {
     pub max_question_chars: usize,
     pub max_body_bytes: usize,
     pub max_concurrent_requests: usize,
+    /// Requests a second each client may make to the answering routes, on average
+    /// (GCRA); 0 (the default): no limit. A client of `clients.file` may have its own.
+    pub per_client_rps: f64,
+    /// Requests each client may make at once before `per_client_rps` paces it.
+    pub per_client_burst: u32,
+    /// Upstream model calls each client's questions may cause per UTC day; 0 (the
+    /// default): no limit.
+    pub per_client_model_calls_per_day: u64,
+}
+
+/// Who the clients are: API keys from a file, or addresses (see `clients.rs`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientsConfig {
+    /// TOML file of the clients (`[[clients]]` with `name`, `key_sha256` and optional
+    /// limits); unset: no keys, every client is its address.
+    pub file: Option<PathBuf>,
+    /// Refuse `/ask`, `/v1/chat/completions` and `/v1/models` without a known key
+    /// (`401 unauthorized`).
+    pub require_key: bool,
+    /// How often the file's modification time is looked at, in milliseconds; a change
+    /// reloads it.
+    pub reload_check_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -291,6 +319,7 @@ impl Default for Config {
                 header_read_timeout_ms: 5000,
                 body_read_timeout_ms: 10_000,
                 cors_allowed_origins: Vec::new(),
+                trusted_proxies: Vec::new(),
             },
             openai: OpenAiConfig {
                 base_url: OPENAI_OFFICIAL_BASE_URL.into(),
@@ -354,6 +383,14 @@ impl Default for Config {
                 max_question_chars: 2000,
                 max_body_bytes: 16_384,
                 max_concurrent_requests: 1024,
+                per_client_rps: 0.0,
+                per_client_burst: 10,
+                per_client_model_calls_per_day: 0,
+            },
+            clients: ClientsConfig {
+                file: None,
+                require_key: false,
+                reload_check_ms: 5000,
             },
             metrics: MetricsConfig {
                 window_secs: 300,
@@ -736,6 +773,22 @@ impl Config {
             1,
             bound::COUNT,
         )?;
+        client_limits(
+            "limits",
+            "per_client_",
+            Some(l.per_client_rps),
+            Some(l.per_client_burst),
+            Some(l.per_client_model_calls_per_day),
+        )?;
+        for proxy in &self.server.trusted_proxies {
+            ip_or_cidr(proxy).map_err(|e| key_error("server.trusted_proxies", e))?;
+        }
+        within(
+            "clients.reload_check_ms",
+            self.clients.reload_check_ms,
+            100,
+            bound::MS,
+        )?;
         within(
             "metrics.window_secs",
             self.metrics.window_secs,
@@ -836,6 +889,54 @@ fn within(key: &str, value: u64, min: u64, max: u64) -> Result<(), ConfigError> 
     }
 }
 
+/// The most requests a second a limit may allow.
+pub const MAX_RPS: f64 = 1_000_000.0;
+/// The fewest requests a second a limit may allow (other than 0, no limit): one a day.
+pub const MIN_RPS: f64 = 1.0 / 86_400.0;
+/// The most model calls a day a budget may allow.
+pub const MAX_CALLS_PER_DAY: u64 = 1_000_000_000;
+
+/// The per-client limits under `section` (`limits` with `prefix` `per_client_`, or a
+/// client of the clients file with no prefix): `rps` 0 or in [[`MIN_RPS`],
+/// [`MAX_RPS`]], `burst` in [1, 1000000], `model_calls_per_day` in [0,
+/// [`MAX_CALLS_PER_DAY`]]. `None`: not given (a client's own limit left to the default).
+pub fn client_limits(
+    section: &str,
+    prefix: &str,
+    rps: Option<f64>,
+    burst: Option<u32>,
+    model_calls_per_day: Option<u64>,
+) -> Result<(), ConfigError> {
+    let key = |name: &str| format!("{section}.{prefix}{name}");
+    if let Some(rps) = rps
+        && !(rps == 0.0 || (MIN_RPS..=MAX_RPS).contains(&rps))
+    {
+        return Err(key_error(
+            &key("rps"),
+            format!(
+                "must be 0 (no limit) or between 1/86400 (one a day) and {MAX_RPS} (got {rps})"
+            ),
+        ));
+    }
+    if let Some(burst) = burst {
+        within(&key("burst"), u64::from(burst), 1, bound::COUNT)?;
+    }
+    if let Some(calls) = model_calls_per_day {
+        within(&key("model_calls_per_day"), calls, 0, MAX_CALLS_PER_DAY)?;
+    }
+    Ok(())
+}
+
+/// An IP address (`10.0.0.7`, `::1`) or a CIDR block (`10.0.0.0/8`), as a network.
+pub fn ip_or_cidr(text: &str) -> Result<ipnet::IpNet, String> {
+    let text = text.trim();
+    text.parse::<ipnet::IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| {
+            format!("{text:?} is neither an IP address nor a CIDR block (such as 10.0.0.0/8)")
+        })
+}
+
 fn http_url(key: &str, value: &str) -> Result<(), ConfigError> {
     let url = reqwest::Url::parse(value).map_err(|e| {
         key_error(
@@ -901,7 +1002,11 @@ fn cors_origins(origins: &[String]) -> Result<(), ConfigError> {
 
 /// Keys of the file that name files: a relative path there is relative to the
 /// configuration file's folder, wherever the service is started from.
-const PATH_KEYS: &[(&str, &str)] = &[("canned", "file"), ("redis", "ca_file")];
+const PATH_KEYS: &[(&str, &str)] = &[
+    ("canned", "file"),
+    ("redis", "ca_file"),
+    ("clients", "file"),
+];
 
 fn resolve_paths(table: &mut toml::Table, folder: &Path) {
     for (section, key) in PATH_KEYS {
@@ -1319,6 +1424,8 @@ mod tests {
                 "QA__CACHE__MEMORY_MAX_ENTRIES", "QA__REDIS__POOL_SIZE", "QA__REDIS__TIMEOUT_MS",
                 "QA__LIMITS__MAX_QUESTION_CHARS", "QA__LIMITS__MAX_BODY_BYTES",
                 "QA__LIMITS__MAX_CONCURRENT_REQUESTS", "QA__METRICS__WINDOW_SECS",
+                "QA__LIMITS__PER_CLIENT_RPS", "QA__LIMITS__PER_CLIENT_BURST",
+                "QA__LIMITS__PER_CLIENT_MODEL_CALLS_PER_DAY", "QA__CLIENTS__RELOAD_CHECK_MS",
                 "QA__BREAKER__CONSECUTIVE_FAILURES", "QA__BREAKER__MIN_CALLS",
                 "QA__BREAKER__WINDOW_SECS", "QA__BREAKER__OPEN_MS",
                 "QA__RETRY_BUDGET__MIN_PER_SEC", "QA__RETRY_BUDGET__WINDOW_SECS",
@@ -1375,6 +1482,76 @@ mod tests {
             .to_string();
         assert!(bad.contains("canned.default_language"), "{bad}");
         assert!(no_reply.contains("default_reply.fr"), "{no_reply}");
+    }
+
+    #[test]
+    fn per_client_limits_are_off_by_default_and_bounded_by_key() {
+        let c = Config::from_layers(None, &env(&[])).unwrap();
+        assert_eq!(c.limits.per_client_rps, 0.0);
+        assert_eq!(c.limits.per_client_model_calls_per_day, 0);
+        assert!(!c.clients.require_key);
+        let set = Config::from_layers(
+            None,
+            &env(&[
+                ("QA__LIMITS__PER_CLIENT_RPS", "5"),
+                ("QA__LIMITS__PER_CLIENT_BURST", "20"),
+                ("QA__LIMITS__PER_CLIENT_MODEL_CALLS_PER_DAY", "1000"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(set.limits.per_client_rps, 5.0);
+        assert_eq!(set.limits.per_client_burst, 20);
+        assert_eq!(set.limits.per_client_model_calls_per_day, 1000);
+        for (var, value, key) in [
+            ("QA__LIMITS__PER_CLIENT_RPS", "-1", "limits.per_client_rps"),
+            ("QA__LIMITS__PER_CLIENT_RPS", "nan", "limits.per_client_rps"),
+            (
+                "QA__LIMITS__PER_CLIENT_RPS",
+                "1e12",
+                "limits.per_client_rps",
+            ),
+            (
+                "QA__LIMITS__PER_CLIENT_BURST",
+                "0",
+                "limits.per_client_burst",
+            ),
+            (
+                "QA__LIMITS__PER_CLIENT_MODEL_CALLS_PER_DAY",
+                "1000000000000",
+                "limits.per_client_model_calls_per_day",
+            ),
+            (
+                "QA__CLIENTS__RELOAD_CHECK_MS",
+                "0",
+                "clients.reload_check_ms",
+            ),
+        ] {
+            let err = Config::from_layers(None, &env(&[(var, value)]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{var}={value}: {err}");
+        }
+    }
+
+    #[test]
+    fn trusted_proxies_are_addresses_or_cidr_blocks() {
+        let c = Config::from_layers(
+            None,
+            &env(&[(
+                "QA__SERVER__TRUSTED_PROXIES",
+                "10.0.0.0/8, 127.0.0.1, fd00::/8, ::1",
+            )]),
+        )
+        .unwrap();
+        assert_eq!(c.server.trusted_proxies.len(), 4);
+        let err = Config::from_layers(
+            None,
+            &env(&[("QA__SERVER__TRUSTED_PROXIES", "10.0.0.0/33")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("server.trusted_proxies"), "{err}");
+        assert!(err.contains("10.0.0.0/33"), "{err}");
     }
 
     #[test]

@@ -14,6 +14,8 @@ pub struct ApiError {
     pub message: String,
     /// The request field at fault, when there is one (OpenAI's `param`).
     pub param: Option<&'static str>,
+    /// Seconds the client should wait before trying again (`Retry-After`), when it says.
+    pub retry_after_secs: Option<u64>,
 }
 
 impl ApiError {
@@ -23,6 +25,7 @@ impl ApiError {
             code,
             message: message.into(),
             param: None,
+            retry_after_secs: None,
         }
     }
 
@@ -106,6 +109,24 @@ impl ApiError {
         )
     }
 
+    /// A client without a known API key while `clients.require_key` is set.
+    pub fn key_required() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "this service needs an API key: send Authorization: Bearer <your key>",
+        )
+    }
+
+    /// A client over one of its limits; it may try again in `retry_after_secs` (at
+    /// least 1), sent as `Retry-After`.
+    pub fn rate_limited(message: impl Into<String>, retry_after_secs: u64) -> Self {
+        ApiError {
+            retry_after_secs: Some(retry_after_secs.max(1)),
+            ..Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message)
+        }
+    }
+
     pub fn internal() -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -120,7 +141,10 @@ impl IntoResponse for ApiError {
         let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
         let status = self.status;
         let mut resp = (status, Json(body)).into_response();
-        if status == StatusCode::SERVICE_UNAVAILABLE {
+        if let Some(secs) = self.retry_after_secs {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        } else if status == StatusCode::SERVICE_UNAVAILABLE {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }

@@ -3,11 +3,13 @@
 //! secondary model, canned answers, stale cache, default reply.
 
 pub mod app;
+pub mod clients;
 pub mod config;
 pub mod demo;
 pub mod error;
 pub mod faq;
 pub mod guards;
+pub mod limits;
 pub mod middleware;
 pub mod pipeline;
 pub mod redact;

@@ -1,5 +1,5 @@
 //! What every handler shares: the configuration, the pipeline, the metrics and the
-//! monitor, the draining flag and the load-shedding slots. `app.rs` builds it; the routes,
+//! monitor, the draining flag, the load-shedding slots, the clients and their limits. `app.rs` builds it; the routes,
 //! guards and middleware read it (and import nothing from `app.rs`).
 
 use std::sync::Arc;
@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use tokio::sync::Semaphore;
 
+use crate::clients::Clients;
 use crate::config::Config;
+use crate::limits::Limiter;
 use crate::pipeline::{Pipeline, Source};
 use crate::stats::Stats;
 use crate::telemetry::{Api, Metrics};
@@ -26,6 +28,10 @@ pub struct Shared {
     pub draining: AtomicBool,
     /// Permits for requests in flight on the answering routes.
     pub inflight: Arc<Semaphore>,
+    /// Who the clients are (`clients.file`, addresses).
+    pub clients: Arc<Clients>,
+    /// Their rate and daily budget.
+    pub limiter: Arc<Limiter>,
 }
 
 impl std::ops::Deref for AppState {

@@ -76,6 +76,7 @@ pub const REJECTION_CODES: &[&str] = &[
     "request_timeout",
     "bad_request",
     "header_too_large",
+    "rate_limited",
 ];
 
 /// Dependencies guarded by a circuit breaker besides the model tiers (whose names come
@@ -159,6 +160,9 @@ pub struct Metrics {
     /// `qa_question_leases_total{result}`: how each new one-turn question was shared
     /// across the instances of one Redis (see `pipeline/lease.rs`).
     pub question_leases: IntCounterVec,
+    /// `qa_rate_limit_checks_total{limit,store,result}`: per-client limit checks (see
+    /// `limits/`); no label names a client.
+    pub rate_limit_checks: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -363,6 +367,11 @@ impl Metrics {
                 "New one-turn questions by what their instance did across the instances sharing the Redis: led (asked the models), followed (served another instance's answer), took_over (its leader vanished), models_gave_up (the leader's models had no answer), deadline (no time left to wait), unavailable (Redis could not be asked: walked alone).",
                 &["result"],
             )?,
+            rate_limit_checks: counter(
+                "qa_rate_limit_checks_total",
+                "Per-client limit checks, by limit (rate: the request rate of /ask and /v1/chat/completions; daily: the model-call budget, checked for questions the cache did not have), store (redis: common to the instances; local: this instance alone, while Redis cannot say) and result (allowed, limited).",
+                &["limit", "store", "result"],
+            )?,
             registry,
         };
         m.api_answers = Api::ALL
@@ -416,6 +425,17 @@ impl Metrics {
             "unavailable",
         ] {
             m.question_leases.with_label_values(&[result]);
+        }
+        for limit in crate::limits::Limit::ALL {
+            for store in crate::limits::Store::ALL {
+                for result in ["allowed", "limited"] {
+                    m.rate_limit_checks.with_label_values(&[
+                        limit.as_str(),
+                        store.as_str(),
+                        result,
+                    ]);
+                }
+            }
         }
         for layer in CACHE_LAYERS {
             for result in CACHE_RESULTS {

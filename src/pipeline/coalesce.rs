@@ -38,6 +38,9 @@ impl Pipeline {
     /// the walk through the returned subscriber, from its first event on.
     pub fn start(self: &Arc<Self>, mut miss: Miss, mode: Mode) -> Subscriber {
         let flight = (mode, miss.key.clone());
+        if !miss.models {
+            return self.start_without_models(miss, &flight);
+        }
         // A conversation's answer depends on more than its last question: never shared.
         let producer = match self.flights.lock() {
             _ if miss.history.is_some() => EventLog::channel().0,
@@ -118,5 +121,24 @@ impl Pipeline {
             span,
         ));
         subscriber
+    }
+
+    /// A question that may not call the models: it shares the walk in flight for it, or
+    /// (that walk ended meanwhile) is answered at once by the tiers after the models.
+    fn start_without_models(self: &Arc<Self>, miss: Miss, flight: &(Mode, String)) -> Subscriber {
+        if miss.history.is_none()
+            && let Ok(flights) = self.flights.lock()
+            && let Some(log) = flights.get(flight)
+        {
+            self.metrics.coalesced.inc();
+            return log.subscribe();
+        }
+        self.fallback(super::Tier::Primary, super::GiveUp::Budget);
+        let answer = self.last_resort(&miss.question, None, miss.stale, miss.external);
+        let (producer, log) = EventLog::channel();
+        producer.push(Event::Source(answer.source));
+        producer.push(Event::Delta(answer.text.clone()));
+        producer.push(Event::Done(answer));
+        log.subscribe()
     }
 }

@@ -29,6 +29,7 @@ mod stream;
 pub mod topology;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -131,7 +132,25 @@ impl Miss {
     pub fn external(&self) -> Duration {
         self.external
     }
+
+    /// Who pays for the model calls of this question's walk: told their number once
+    /// the model tiers are done. A request that shares another's walk (the same
+    /// question in flight) pays nothing: its payer is dropped uncalled.
+    pub fn pay_with(&mut self, payer: Payer) {
+        self.payer = Some(payer);
+    }
+
+    /// This question may not call the models (its client's daily budget is spent): it
+    /// shares the walk of the same question in flight, if there is one, else the tiers
+    /// after the models answer it.
+    pub fn without_models(&mut self) {
+        self.models = false;
+    }
 }
+
+/// Told the number of model calls (attempts, retries included) a walk made for the
+/// request that led it.
+pub type Payer = Box<dyn FnOnce(u32) + Send + Sync>;
 
 /// What every model call of one walk shares.
 struct Call<'a> {
@@ -145,6 +164,8 @@ struct Call<'a> {
     mode: Mode,
     progress: &'a Mutex<Progress>,
     out: &'a Producer,
+    /// Model calls started so far.
+    attempts: &'a AtomicU32,
 }
 
 /// A question the fresh cache did not have, with what the rest of the walk needs; or
@@ -161,6 +182,10 @@ pub struct Miss {
     /// match); `Some` for a conversation, which only the models, the canned answers
     /// and the default reply answer.
     history: Option<Arc<[ChatMessage]>>,
+    /// Told how many model calls the walk made, when it leads one.
+    payer: Option<Payer>,
+    /// Whether the walk may call the models (see [`Miss::without_models`]).
+    models: bool,
 }
 
 /// How the model tiers are called for a walk: the whole answer at once (JSON `/ask`), or
@@ -232,6 +257,8 @@ impl Pipeline {
                 deadline,
                 external,
                 history: None,
+                payer: None,
+                models: true,
             }),
         }
     }
@@ -253,6 +280,8 @@ impl Pipeline {
             deadline: self.deadline(started),
             external: Duration::ZERO,
             history: Some(history.into()),
+            payer: None,
+            models: true,
         }
     }
 
@@ -276,6 +305,8 @@ impl Pipeline {
             deadline,
             mut external,
             history,
+            payer,
+            models: _,
         } = miss;
         let conversation = history.is_some();
         let history = history.as_deref().unwrap_or(&[]);
@@ -300,6 +331,7 @@ impl Pipeline {
         let language = (language != self.canned.settings.default_language).then_some(language);
         let started = Instant::now();
         let progress = Mutex::new(Progress::default());
+        let attempts = AtomicU32::new(0);
         let call = Call {
             request_id: &request_id,
             question: &question,
@@ -308,10 +340,17 @@ impl Pipeline {
             mode,
             progress: &progress,
             out,
+            attempts: &attempts,
         };
         let models = self.walk_models(&call, deadline);
         let answered = catch_panic(models, &self.metrics).await.flatten();
         external += started.elapsed();
+        let calls = attempts.load(Ordering::Relaxed);
+        if let Some(pay) = payer
+            && calls > 0
+        {
+            pay(calls);
+        }
         if let Some(mut answer) = answered {
             if mode == Mode::Whole {
                 out.push(Event::Source(answer.source));
@@ -449,6 +488,7 @@ impl Pipeline {
             deadline,
             gate,
             |attempt, time_left, permit| async move {
+                call.attempts.fetch_add(1, Ordering::Relaxed);
                 let calling = async {
                     match call.mode {
                         Mode::Whole => {
@@ -491,6 +531,38 @@ impl Pipeline {
                 None
             }
         }
+    }
+
+    /// Whether a walk for `miss`'s question is in flight here, in `mode`: one it can
+    /// share.
+    pub fn in_flight(&self, miss: &Miss, mode: Mode) -> bool {
+        miss.history.is_none()
+            && self
+                .flights
+                .lock()
+                .is_ok_and(|f| f.contains_key(&(mode, miss.key.clone())))
+    }
+
+    /// The answer to `miss` without the models (its client's daily budget is spent): a
+    /// canned answer (answered first on a sure match, as the walk would), else the stale
+    /// one; `None` when neither has one. The skipped models are counted as a fallback
+    /// from the primary, reason `budget`.
+    pub fn answer_without_models(&self, miss: &Miss) -> Option<Answer> {
+        self.fallback(Tier::Primary, GiveUp::Budget);
+        let lookup = self.canned_lookup(&miss.question);
+        if let Some(m) = lookup.matched() {
+            let first = miss.history.is_none() && self.canned.answer_first(m);
+            return Some(canned_answer(m, first, miss.external));
+        }
+        miss.stale.clone().map(|stale| Answer {
+            text: stale.answer,
+            source: Source::Stale,
+            model: Some(stale.model),
+            external: miss.external,
+            continued: false,
+            canned: None,
+            usage: None,
+        })
     }
 
     fn fallback(&self, tier: Tier, reason: GiveUp) {

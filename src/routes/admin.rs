@@ -1,5 +1,6 @@
 //! Operator endpoints behind `Authorization: Bearer <ADMIN_TOKEN>`: invalidate a cached
-//! answer, reload the canned answers, explain how a question matches them. With no
+//! answer, reload the canned answers, explain how a question matches them, reload the
+//! clients file. With no
 //! token configured they do not exist: `404` to every method, so nothing tells that the
 //! route is there. The token is checked before any body is read, and a body is read with
 //! the same size and time limits as `/ask`'s.
@@ -116,6 +117,26 @@ pub async fn reload_canned(State(state): State<AppState>, req: Request) -> Respo
         Err(e) => {
             tracing::warn!(error = %e, "admin: canned answers reload refused; old answers kept");
             ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_canned_file", e)
+                .into_response()
+        }
+    }
+}
+
+/// `POST /admin/clients/reload`: re-reads `clients.file`, `200 {"clients": N}`; a file
+/// that cannot be used (or none configured) leaves the clients as they were and answers
+/// `422 invalid_clients_file` with the reason.
+pub async fn reload_clients(State(state): State<AppState>, req: Request) -> Response {
+    if let Err(e) = authorize(&state, req.method(), &Method::POST, req.headers()) {
+        return refuse(&state, e);
+    }
+    match state.clients.reload() {
+        Ok(n) => {
+            tracing::info!(clients = n, "admin: clients reloaded");
+            Json(serde_json::json!({"clients": n})).into_response()
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "admin: clients reload refused; old clients kept");
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_clients_file", e)
                 .into_response()
         }
     }

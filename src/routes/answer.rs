@@ -12,6 +12,9 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 
+use crate::clients::Client;
+use crate::error::ApiError;
+use crate::limits::{DailyState, headers};
 use crate::pipeline::events::{Event, Subscriber};
 use crate::pipeline::{Answer, Miss, Mode, Source};
 use crate::state::AppState;
@@ -44,6 +47,62 @@ pub async fn whole(
             }
         }
     }
+}
+
+/// A question as the client's daily model-call budget lets it go on (`found` as the
+/// fresh cache left it), with the budget as checked (for the RateLimit fields; `None`
+/// when the client has none, or the cache answered).
+///
+/// - A cache hit costs nothing and is not checked.
+/// - With calls left, the walk's model calls are charged to the client once it is done
+///   (a question that shares the walk of the same question in flight pays nothing).
+/// - With none left, the question shares the walk in flight for it if there is one (it
+///   costs nothing more), else a canned or stale answer answers it, else the client gets
+///   `429 rate_limited` until midnight UTC: the default reply is the service's own
+///   failure, and a client's spent budget is none.
+pub async fn within_budget(
+    state: &AppState,
+    client: Option<&Client>,
+    found: Result<Answer, Miss>,
+    mode: Mode,
+) -> Result<(Result<Answer, Miss>, Option<DailyState>), Response> {
+    let mut miss = match found {
+        Ok(hit) => return Ok((Ok(hit), None)),
+        Err(miss) => miss,
+    };
+    let Some(client) = client else {
+        return Ok((Err(miss), None));
+    };
+    let Some(daily) = state.limiter.daily_left(client).await else {
+        return Ok((Err(miss), None));
+    };
+    if daily.remaining > 0 {
+        let limiter = state.limiter.clone();
+        let payer = client.clone();
+        miss.pay_with(Box::new(move |calls| {
+            tokio::spawn(async move { limiter.charge(&payer, calls).await });
+        }));
+        return Ok((Err(miss), Some(daily)));
+    }
+    if state.pipeline.in_flight(&miss, mode) {
+        miss.without_models();
+        return Ok((Err(miss), Some(daily)));
+    }
+    if let Some(answer) = state.pipeline.answer_without_models(&miss) {
+        return Ok((Ok(answer), Some(daily)));
+    }
+    state.reject("rate_limited");
+    let wait = headers::secs_up(daily.reset).max(1);
+    let mut resp = ApiError::rate_limited(
+        format!(
+            "this client's budget of {} model calls for today is spent, and no cached or curated answer fits this question; it is renewed at midnight UTC, in {wait} s",
+            client.limits.model_calls_per_day
+        ),
+        wait,
+    )
+    .into_response();
+    resp.extensions_mut().insert(daily);
+    Err(resp)
 }
 
 /// The answer when the walk's task ended without one (a bug around the model tiers,

@@ -14,9 +14,10 @@ use axum::response::sse::Event as SseEvent;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
+use crate::clients::Client;
 use crate::error::ApiError;
 use crate::middleware::RequestId;
-use crate::pipeline::Answer;
+use crate::pipeline::{Answer, Mode};
 use crate::routes::answer;
 use crate::routes::body::json_object;
 use crate::state::AppState;
@@ -108,7 +109,13 @@ pub async fn ask(
         .pipeline
         .lookup(&question, started.into(), &request_id)
         .await;
-    if streamed {
+    let mode = if streamed { Mode::Stream } else { Mode::Whole };
+    let client = parts.extensions.get::<Client>();
+    let (found, daily) = match answer::within_budget(&state, client, found, mode).await {
+        Ok(admitted) => admitted,
+        Err(refused) => return refused,
+    };
+    let mut response = if streamed {
         let (response, _) = answer::stream(
             state,
             Api::Ask,
@@ -120,17 +127,23 @@ pub async fn ask(
             answer::Head::AtOnce,
         )
         .await;
-        return response;
+        response
+    } else {
+        let answer = answer::whole(&state, &request_id, &question, started, found).await;
+        let elapsed = answer::finish(&state, Api::Ask, &answer, &request_id, started);
+        let body = AskResponse::new(&answer, &request_id, elapsed);
+        // Sized up front: axum's Json starts small and grows, copying the answer each
+        // time.
+        let mut buf = Vec::with_capacity(answer.text.len() * 2 + 160);
+        match serde_json::to_writer(&mut buf, &body) {
+            Ok(()) => ([(header::CONTENT_TYPE, JSON)], buf).into_response(),
+            Err(_) => ApiError::internal().into_response(),
+        }
+    };
+    if let Some(daily) = daily {
+        response.extensions_mut().insert(daily);
     }
-    let answer = answer::whole(&state, &request_id, &question, started, found).await;
-    let elapsed = answer::finish(&state, Api::Ask, &answer, &request_id, started);
-    let body = AskResponse::new(&answer, &request_id, elapsed);
-    // Sized up front: axum's Json starts small and grows, copying the answer each time.
-    let mut buf = Vec::with_capacity(answer.text.len() * 2 + 160);
-    match serde_json::to_writer(&mut buf, &body) {
-        Ok(()) => ([(header::CONTENT_TYPE, JSON)], buf).into_response(),
-        Err(_) => ApiError::internal().into_response(),
-    }
+    response
 }
 
 /// Whether the client asks for server-sent events.

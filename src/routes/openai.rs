@@ -31,9 +31,10 @@ use axum::middleware::Next;
 use axum::response::sse::Event as SseEvent;
 use axum::response::{IntoResponse, Response};
 
+use crate::clients::Client;
 use crate::error::ApiError;
 use crate::middleware::RequestId;
-use crate::pipeline::{Answer, Source};
+use crate::pipeline::{Answer, Mode, Source};
 use crate::routes::answer;
 use crate::routes::ask::is_json;
 use crate::routes::body::json_object;
@@ -99,6 +100,38 @@ pub async fn chat_completions(
             .pipeline
             .conversation(&question, history, started.into(), &request_id))
     };
+    let mode = if stream { Mode::Stream } else { Mode::Whole };
+    let client = parts.extensions.get::<Client>();
+    let (found, daily) = match answer::within_budget(&state, client, found, mode).await {
+        Ok(admitted) => admitted,
+        Err(refused) => return refused,
+    };
+    let mut response = answer_chat(
+        state,
+        request_id,
+        question,
+        started,
+        found,
+        stream,
+        include_usage,
+    )
+    .await;
+    if let Some(daily) = daily {
+        response.extensions_mut().insert(daily);
+    }
+    response
+}
+
+/// The chat completion (whole, or as chunks) of a question the budget let through.
+async fn answer_chat(
+    state: AppState,
+    request_id: std::sync::Arc<str>,
+    question: String,
+    started: Instant,
+    found: Result<Answer, crate::pipeline::Miss>,
+    stream: bool,
+    include_usage: bool,
+) -> Response {
     if stream {
         let chunks = Chunks {
             id: completion_id(&request_id),

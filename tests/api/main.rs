@@ -15,6 +15,7 @@ mod errors;
 mod faq;
 mod fuzz;
 mod helpers;
+mod limits;
 mod load_balancer;
 mod metrics;
 mod openai;

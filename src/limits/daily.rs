@@ -1,0 +1,146 @@
+//! The daily budget of upstream model calls of a client: a counter per client per UTC
+//! day, in Redis (`INCRBY` after each walk, by the attempts it made; the key expires an
+//! hour after its day ends) and in memory. The memory copy follows Redis while Redis
+//! answers, and counts on its own while it does not, from the last count Redis gave.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::script::Script;
+use crate::clients::ClientId;
+use crate::pipeline::cache::{AnswerCache, RedisFailure};
+
+/// Seconds in a day.
+pub const DAY_SECS: u64 = 86_400;
+
+/// How long a day's counter stays in Redis after its first charge: the day, and an hour
+/// for instances whose clocks are late.
+const KEEP_SECS: u64 = DAY_SECS + 3600;
+
+/// KEYS[1]: the client's counter of the day. ARGV[1]: the calls to add; ARGV[2]: the
+/// counter's lifetime in seconds, set with the first charge. Returns the new count.
+const CHARGE: &str = r#"
+local used = redis.call('INCRBY', KEYS[1], ARGV[1])
+if redis.call('TTL', KEYS[1]) < 0 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+return used
+"#;
+
+static SCRIPT: Script = Script::new(CHARGE);
+
+/// The UTC day of now, as days since 1970-01-01, and the time left until it ends.
+pub fn today() -> (u64, Duration) {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = now.as_secs();
+    let left = Duration::from_secs((secs / DAY_SECS + 1) * DAY_SECS).saturating_sub(now);
+    (secs / DAY_SECS, left)
+}
+
+/// `YYYY-MM-DD` of a day counted from 1970-01-01 (Howard Hinnant's `civil_from_days`).
+pub fn date(day: u64) -> String {
+    let z = i64::try_from(day).unwrap_or(0) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// The calls a client made today, from Redis (`GET`).
+pub async fn used_in_redis(cache: &AnswerCache, key: &str) -> Result<u64, RedisFailure> {
+    let mut cmd = deadpool_redis::redis::cmd("GET");
+    cmd.arg(key);
+    Ok(cache.command::<Option<u64>>(cmd).await?.unwrap_or(0))
+}
+
+/// Adds `calls` to a client's count in Redis; the new count.
+pub async fn charge_in_redis(
+    cache: &AnswerCache,
+    key: &str,
+    calls: u64,
+) -> Result<u64, RedisFailure> {
+    SCRIPT.run(cache, &[key], &[calls, KEEP_SECS]).await
+}
+
+/// The counts of today kept in memory, by client.
+#[derive(Default)]
+pub struct Local {
+    used: Mutex<HashMap<ClientId, (u64, u64)>>,
+}
+
+impl Local {
+    /// The calls `id` made on `day`, as last known.
+    pub fn used(&self, id: ClientId, day: u64) -> u64 {
+        self.used
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&id).copied())
+            .filter(|(d, _)| *d == day)
+            .map_or(0, |(_, n)| n)
+    }
+
+    /// Sets the count of `id` on `day` to what Redis said.
+    pub fn set(&self, id: ClientId, day: u64, used: u64) {
+        if let Ok(mut m) = self.used.lock() {
+            m.insert(id, (day, used));
+        }
+    }
+
+    /// Adds `calls` to the count of `id` on `day` (Redis could not be told).
+    pub fn add(&self, id: ClientId, day: u64, calls: u64) {
+        if let Ok(mut m) = self.used.lock() {
+            let entry = m.entry(id).or_insert((day, 0));
+            if entry.0 != day {
+                *entry = (day, 0);
+            }
+            entry.1 = entry.1.saturating_add(calls);
+        }
+    }
+
+    /// Forgets the counts of days before `day`.
+    pub fn tidy(&self, day: u64) {
+        if let Ok(mut m) = self.used.lock() {
+            m.retain(|_, (d, _)| *d >= day);
+            m.shrink_to_fit();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_of_days_since_the_epoch() {
+        assert_eq!(date(0), "1970-01-01");
+        assert_eq!(date(11_016), "2000-02-29");
+        assert_eq!(date(20_454), "2026-01-01");
+    }
+
+    #[test]
+    fn today_ends_within_a_day() {
+        let (day, left) = today();
+        assert!(day > 20_000);
+        assert!(left > Duration::ZERO && left <= Duration::from_secs(DAY_SECS));
+    }
+
+    #[test]
+    fn local_counts_start_again_each_day() {
+        let local = Local::default();
+        let id = ClientId([7; 16]);
+        local.add(id, 10, 3);
+        local.add(id, 10, 2);
+        assert_eq!(local.used(id, 10), 5);
+        assert_eq!(local.used(id, 11), 0);
+        local.add(id, 11, 1);
+        assert_eq!(local.used(id, 11), 1);
+        local.tidy(12);
+        assert_eq!(local.used(id, 11), 0);
+    }
+}

@@ -1,0 +1,186 @@
+//! Per-client limits: a request rate with bursts (`rate.rs`, GCRA) and a daily budget of
+//! upstream model calls (`daily.rs`), common to every instance that shares the Redis,
+//! and kept by each instance on its own while Redis cannot say (`AnswerCache::command`
+//! returns an error: down, breaker open, timed out). Their answers go out as the IETF
+//! RateLimit fields (`headers.rs`).
+//!
+//! Redis keys, under `cache.key_prefix`, named by the client's opaque id (never its key,
+//! name or address): `limits:rate:<id>` (the client's theoretical arrival time, expiring
+//! when it has passed) and `limits:daily:<YYYY-MM-DD>:<id>` (the day's count, expiring
+//! an hour after the day).
+//!
+//! Every check is counted in `qa_rate_limit_checks_total{limit, store, result}`, whose
+//! labels name no client.
+
+pub mod daily;
+pub mod headers;
+pub mod rate;
+mod script;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::clients::{Client, ClientLimits};
+use crate::pipeline::cache::AnswerCache;
+use crate::telemetry::Metrics;
+
+pub use rate::RateDecision;
+
+/// The daily budget of a client as checked before a walk, put in the response's
+/// extensions for the RateLimit fields.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DailyState {
+    /// Model calls left today, before this request's own.
+    pub remaining: u64,
+    /// Until midnight UTC, when the budget is whole again.
+    pub reset: Duration,
+}
+
+/// The `limit` label of `qa_rate_limit_checks_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    Rate,
+    Daily,
+}
+
+/// The `store` label: where the check was decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Store {
+    Redis,
+    Local,
+}
+
+impl Limit {
+    pub const ALL: [Limit; 2] = [Limit::Rate, Limit::Daily];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Limit::Rate => "rate",
+            Limit::Daily => "daily",
+        }
+    }
+}
+
+impl Store {
+    pub const ALL: [Store; 2] = [Store::Redis, Store::Local];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Store::Redis => "redis",
+            Store::Local => "local",
+        }
+    }
+}
+
+/// The per-client limits of one instance.
+pub struct Limiter {
+    cache: Arc<AnswerCache>,
+    prefix: String,
+    metrics: Metrics,
+    local_rate: rate::Local,
+    local_daily: daily::Local,
+}
+
+impl Limiter {
+    /// Limits kept in the Redis behind `cache`, under `prefix` (`cache.key_prefix`).
+    pub fn new(cache: Arc<AnswerCache>, prefix: &str, metrics: Metrics) -> Limiter {
+        Limiter {
+            cache,
+            prefix: prefix.to_owned(),
+            metrics,
+            local_rate: rate::Local::default(),
+            local_daily: daily::Local::default(),
+        }
+    }
+
+    /// Checks one request of `client` against its rate; `None` when it has none.
+    pub async fn check_rate(&self, client: &Client) -> Option<RateDecision> {
+        let limits: &ClientLimits = &client.limits;
+        if limits.rps <= 0.0 {
+            return None;
+        }
+        let key = format!("{}limits:rate:{}", self.prefix, client.id.hex());
+        let (decision, store) = match rate::check_in_redis(&self.cache, &key, limits).await {
+            Ok(d) => (d, Store::Redis),
+            Err(_) => (self.local_rate.check(client.id, limits), Store::Local),
+        };
+        self.count(Limit::Rate, store, decision.allowed);
+        if !decision.allowed {
+            tracing::debug!(
+                client = client.name.as_deref(),
+                store = store.as_str(),
+                retry_after_ms = decision.retry_after.as_millis() as u64,
+                "request rate limited"
+            );
+        }
+        Some(decision)
+    }
+
+    /// The model calls `client` has left today; `None` when it has no budget.
+    pub async fn daily_left(&self, client: &Client) -> Option<DailyState> {
+        let budget = client.limits.model_calls_per_day;
+        if budget == 0 {
+            return None;
+        }
+        let (day, reset) = daily::today();
+        let key = self.daily_key(client, day);
+        let (used, store) = match daily::used_in_redis(&self.cache, &key).await {
+            Ok(used) => {
+                self.local_daily.set(client.id, day, used);
+                (used, Store::Redis)
+            }
+            Err(_) => (self.local_daily.used(client.id, day), Store::Local),
+        };
+        let remaining = budget.saturating_sub(used);
+        self.count(Limit::Daily, store, remaining > 0);
+        if remaining == 0 {
+            tracing::debug!(
+                client = client.name.as_deref(),
+                store = store.as_str(),
+                budget,
+                "daily model-call budget spent"
+            );
+        }
+        Some(DailyState { remaining, reset })
+    }
+
+    /// Adds `calls` upstream model calls to `client`'s count of today, in Redis, or in
+    /// memory when Redis cannot be told.
+    pub async fn charge(&self, client: &Client, calls: u32) {
+        if calls == 0 || client.limits.model_calls_per_day == 0 {
+            return;
+        }
+        let (day, _) = daily::today();
+        let key = self.daily_key(client, day);
+        match daily::charge_in_redis(&self.cache, &key, u64::from(calls)).await {
+            Ok(used) => self.local_daily.set(client.id, day, used),
+            Err(_) => self.local_daily.add(client.id, day, u64::from(calls)),
+        }
+    }
+
+    /// Forgets in-memory state that no longer limits anyone; every minute, for ever.
+    pub async fn tidy(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            self.local_rate.tidy();
+            self.local_daily.tidy(daily::today().0);
+        }
+    }
+
+    fn daily_key(&self, client: &Client, day: u64) -> String {
+        format!(
+            "{}limits:daily:{}:{}",
+            self.prefix,
+            daily::date(day),
+            client.id.hex()
+        )
+    }
+
+    fn count(&self, limit: Limit, store: Store, allowed: bool) {
+        let result = if allowed { "allowed" } else { "limited" };
+        self.metrics
+            .rate_limit_checks
+            .with_label_values(&[limit.as_str(), store.as_str(), result])
+            .inc();
+    }
+}

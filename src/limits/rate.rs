@@ -1,0 +1,216 @@
+//! The request rate of a client: GCRA, the generic cell rate algorithm of ATM networks
+//! (ATM Forum, *Traffic Management Specification* 4.0, 1996, the "virtual scheduling"
+//! form; as applied to HTTP rate limits in Brandur Leach's "Rate limiting, cells, and
+//! GCRA", 2015, and in `redis-cell`).
+//!
+//! A client allowed `rps` requests a second with bursts of `burst` has an emission
+//! interval `T = 1/rps` and one number of state, its theoretical arrival time (TAT): when
+//! its next request would be due if it kept exactly to the rate. A request at `now` is
+//! allowed when `max(TAT, now) + T - burst * T <= now`, and then moves the TAT to
+//! `max(TAT, now) + T`; a fresh client may therefore make `burst` requests at once, then
+//! one every `T`. What is left (`remaining`) is how many more requests would be allowed
+//! at `now`; the reset is `TAT - now`, when a whole burst is available again.
+//!
+//! Across instances the TAT lives in Redis, one key per client, updated by one atomic Lua
+//! script per check that reads the time from Redis's own clock (`TIME`), so that the
+//! instances' clocks do not matter; the key expires when the TAT has passed, so an idle
+//! client leaves nothing behind. While Redis cannot say, each instance keeps the same
+//! algorithm in memory with the `governor` crate, one keyed limiter per distinct
+//! (rps, burst).
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::StateInformationMiddleware;
+use governor::state::keyed::HashMapStateStore;
+use governor::{Quota, RateLimiter};
+
+use super::script::Script;
+use crate::clients::{ClientId, ClientLimits};
+use crate::pipeline::cache::{AnswerCache, RedisFailure};
+
+/// What the rate limit said of one request.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateDecision {
+    pub allowed: bool,
+    /// Requests the client may still make at once, after this one.
+    pub remaining: u64,
+    /// Until a whole burst is available again (allowed), or until the next request is
+    /// (limited).
+    pub reset: Duration,
+    /// Limited: until the next request is allowed; zero when allowed.
+    pub retry_after: Duration,
+}
+
+/// The cell of one client in Redis. KEYS[1]: the client's key. ARGV[1]: the emission
+/// interval, in microseconds; ARGV[2]: the burst. Returns `{allowed (1 or 0), remaining,
+/// reset in µs, retry after in µs}`. The TAT is stored in microseconds of the Redis
+/// server's clock, written with `%.0f` (Lua's default number format keeps 14 digits, a
+/// TAT has 16), and expires when it has passed.
+const GCRA: &str = r#"
+if redis.replicate_commands then redis.replicate_commands() end
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
+local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1])) or now
+if tat < now then tat = now end
+local new_tat = tat + interval
+local allow_at = new_tat - interval * burst
+if now < allow_at then
+  return {0, 0, allow_at - now, allow_at - now}
+end
+local ttl_ms = math.max(1, math.ceil((new_tat - now) / 1000))
+redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', ttl_ms)
+return {1, math.floor((now - allow_at) / interval), new_tat - now, 0}
+"#;
+
+static SCRIPT: Script = Script::new(GCRA);
+
+/// The emission interval of `rps`, in whole microseconds (at least 1).
+pub fn interval_us(rps: f64) -> u64 {
+    // `rps` is validated to [1/86400, 10^6]: the interval fits in u64 many times over.
+    ((1_000_000.0 / rps).round() as u64).max(1)
+}
+
+/// Checks one request of `client` in Redis under `key`; `Err` when Redis cannot say.
+pub async fn check_in_redis(
+    cache: &AnswerCache,
+    key: &str,
+    limits: &ClientLimits,
+) -> Result<RateDecision, RedisFailure> {
+    let reply: Vec<i64> = SCRIPT
+        .run(
+            cache,
+            &[key],
+            &[interval_us(limits.rps), u64::from(limits.burst)],
+        )
+        .await?;
+    let &[allowed, remaining, reset_us, retry_us] = reply.as_slice() else {
+        return Err(RedisFailure::Reply(format!(
+            "rate limit script answered {reply:?}"
+        )));
+    };
+    let us = |v: i64| Duration::from_micros(u64::try_from(v).unwrap_or(0));
+    Ok(RateDecision {
+        allowed: allowed == 1,
+        remaining: u64::try_from(remaining).unwrap_or(0),
+        reset: us(reset_us),
+        retry_after: us(retry_us),
+    })
+}
+
+type Keyed =
+    RateLimiter<ClientId, HashMapStateStore<ClientId>, DefaultClock, StateInformationMiddleware>;
+
+/// The in-memory limiters used while Redis cannot say: one keyed `governor` limiter per
+/// distinct (rps, burst), since a limiter has one quota for all its keys.
+#[derive(Default)]
+pub struct Local {
+    limiters: Mutex<HashMap<(u64, u32), Arc<Keyed>>>,
+}
+
+impl Local {
+    /// Checks one request of client `id` under `limits` (a rate is set) in memory.
+    pub fn check(&self, id: ClientId, limits: &ClientLimits) -> RateDecision {
+        let interval = Duration::from_micros(interval_us(limits.rps));
+        let burst = NonZeroU32::new(limits.burst).unwrap_or(NonZeroU32::MIN);
+        let Some(limiter) = self.limiter(interval, burst) else {
+            // No quota can be made of it (never, after validation): let it through.
+            return RateDecision {
+                allowed: true,
+                remaining: u64::from(burst.get()),
+                reset: Duration::ZERO,
+                retry_after: Duration::ZERO,
+            };
+        };
+        match limiter.check_key(&id) {
+            Ok(snapshot) => {
+                let remaining = snapshot.remaining_burst_capacity();
+                RateDecision {
+                    allowed: true,
+                    remaining: u64::from(remaining),
+                    reset: interval.saturating_mul(burst.get().saturating_sub(remaining)),
+                    retry_after: Duration::ZERO,
+                }
+            }
+            Err(not_until) => {
+                let wait = not_until.wait_time_from(DefaultClock::default().now());
+                RateDecision {
+                    allowed: false,
+                    remaining: 0,
+                    reset: wait,
+                    retry_after: wait,
+                }
+            }
+        }
+    }
+
+    fn limiter(&self, interval: Duration, burst: NonZeroU32) -> Option<Arc<Keyed>> {
+        let key = (
+            u64::try_from(interval.as_micros()).unwrap_or(u64::MAX),
+            burst.get(),
+        );
+        let mut limiters = self.limiters.lock().ok()?;
+        if let Some(l) = limiters.get(&key) {
+            return Some(l.clone());
+        }
+        let quota = Quota::with_period(interval)?.allow_burst(burst);
+        let limiter =
+            Arc::new(RateLimiter::hashmap(quota).with_middleware::<StateInformationMiddleware>());
+        limiters.insert(key, limiter.clone());
+        Some(limiter)
+    }
+
+    /// Forgets the clients whose cell is back to fresh, so that a stream of new
+    /// addresses does not grow memory for ever.
+    pub fn tidy(&self) {
+        let limiters: Vec<Arc<Keyed>> = match self.limiters.lock() {
+            Ok(l) => l.values().cloned().collect(),
+            Err(_) => return,
+        };
+        for limiter in limiters {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn limits(rps: f64, burst: u32) -> ClientLimits {
+        ClientLimits {
+            rps,
+            burst,
+            model_calls_per_day: 0,
+        }
+    }
+
+    #[test]
+    fn locally_a_fresh_client_gets_its_burst_then_waits_one_interval() {
+        let local = Local::default();
+        let id = ClientId([1; 16]);
+        let l = limits(2.0, 3);
+        let remaining: Vec<u64> = (0..3).map(|_| local.check(id, &l).remaining).collect();
+        assert_eq!(remaining, [2, 1, 0]);
+        let refused = local.check(id, &l);
+        assert!(!refused.allowed);
+        assert!(refused.retry_after <= Duration::from_millis(500));
+        assert!(refused.retry_after > Duration::from_millis(400));
+        assert!(local.check(ClientId([2; 16]), &l).allowed, "another client");
+    }
+
+    #[test]
+    fn intervals_are_whole_microseconds() {
+        assert_eq!(interval_us(1.0), 1_000_000);
+        assert_eq!(interval_us(3.0), 333_333);
+        assert_eq!(interval_us(1_000_000.0), 1);
+        assert_eq!(interval_us(1.0 / 86_400.0), 86_400_000_000);
+    }
+}
