@@ -2,10 +2,13 @@
 //! day, in Redis (`INCRBY` after each walk, by the attempts it made; the key expires an
 //! hour after its day ends) and in memory. The memory copy follows Redis while Redis
 //! answers, and counts on its own while it does not, from the last count Redis gave.
+//! A count Redis gave less than [`FRESH_FOR`] ago, with more than [`margin`] calls left,
+//! is used without asking Redis again: a busy client's misses do not each cost a round
+//! trip, and only calls other instances made in that second can go past the budget.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::script::Script;
 use crate::clients::ClientId;
@@ -27,6 +30,14 @@ return used
 "#;
 
 static SCRIPT: Script = Script::new(CHARGE);
+
+/// How long a count read from Redis (or written to it) is used without reading it again.
+pub const FRESH_FOR: Duration = Duration::from_secs(1);
+
+/// The calls left below which every check asks Redis: 1% of the budget, at least 10.
+pub fn margin(budget: u64) -> u64 {
+    (budget / 100).max(10)
+}
 
 /// The UTC day of now, as days since 1970-01-01, and the time left until it ends.
 pub fn today() -> (u64, Duration) {
@@ -68,45 +79,79 @@ pub async fn charge_in_redis(
     SCRIPT.run(cache, &[key], &[calls, KEEP_SECS]).await
 }
 
+/// One client's count of one day, and when Redis last gave it.
+#[derive(Debug, Clone, Copy)]
+struct Count {
+    day: u64,
+    used: u64,
+    from_redis: Option<Instant>,
+}
+
 /// The counts of today kept in memory, by client.
 #[derive(Default)]
 pub struct Local {
-    used: Mutex<HashMap<ClientId, (u64, u64)>>,
+    used: Mutex<HashMap<ClientId, Count>>,
 }
 
 impl Local {
     /// The calls `id` made on `day`, as last known.
     pub fn used(&self, id: ClientId, day: u64) -> u64 {
+        self.get(id, day).map_or(0, |c| c.used)
+    }
+
+    fn get(&self, id: ClientId, day: u64) -> Option<Count> {
         self.used
             .lock()
             .ok()
             .and_then(|m| m.get(&id).copied())
-            .filter(|(d, _)| *d == day)
-            .map_or(0, |(_, n)| n)
+            .filter(|c| c.day == day)
+    }
+
+    /// The calls `id` made on `day` if Redis said so less than [`FRESH_FOR`] ago and more
+    /// than [`margin`] of `budget` is left: the check may then skip Redis.
+    pub fn fresh(&self, id: ClientId, day: u64, budget: u64) -> Option<u64> {
+        let c = self.get(id, day)?;
+        let recent = c.from_redis?.elapsed() < FRESH_FOR;
+        (recent && budget.saturating_sub(c.used) > margin(budget)).then_some(c.used)
     }
 
     /// Sets the count of `id` on `day` to what Redis said.
     pub fn set(&self, id: ClientId, day: u64, used: u64) {
         if let Ok(mut m) = self.used.lock() {
-            m.insert(id, (day, used));
+            m.insert(
+                id,
+                Count {
+                    day,
+                    used,
+                    from_redis: Some(Instant::now()),
+                },
+            );
         }
     }
 
     /// Adds `calls` to the count of `id` on `day` (Redis could not be told).
     pub fn add(&self, id: ClientId, day: u64, calls: u64) {
         if let Ok(mut m) = self.used.lock() {
-            let entry = m.entry(id).or_insert((day, 0));
-            if entry.0 != day {
-                *entry = (day, 0);
+            let entry = m.entry(id).or_insert(Count {
+                day,
+                used: 0,
+                from_redis: None,
+            });
+            if entry.day != day {
+                *entry = Count {
+                    day,
+                    used: 0,
+                    from_redis: None,
+                };
             }
-            entry.1 = entry.1.saturating_add(calls);
+            entry.used = entry.used.saturating_add(calls);
         }
     }
 
     /// Forgets the counts of days before `day`.
     pub fn tidy(&self, day: u64) {
         if let Ok(mut m) = self.used.lock() {
-            m.retain(|_, (d, _)| *d >= day);
+            m.retain(|_, c| c.day >= day);
             m.shrink_to_fit();
         }
     }
@@ -128,6 +173,24 @@ mod tests {
         let (day, left) = today();
         assert!(day > 20_000);
         assert!(left > Duration::ZERO && left <= Duration::from_secs(DAY_SECS));
+    }
+
+    #[test]
+    fn a_recent_count_from_redis_with_calls_to_spare_needs_no_new_read() {
+        let local = Local::default();
+        let id = ClientId([8; 16]);
+        assert_eq!(local.fresh(id, 10, 1000), None, "never read");
+        local.set(id, 10, 500);
+        assert_eq!(local.fresh(id, 10, 1000), Some(500));
+        assert_eq!(local.fresh(id, 11, 1000), None, "another day");
+        local.set(id, 10, 995);
+        assert_eq!(local.fresh(id, 10, 1000), None, "within the margin");
+        local.add(ClientId([9; 16]), 10, 1);
+        assert_eq!(
+            local.fresh(ClientId([9; 16]), 10, 1000),
+            None,
+            "counted locally"
+        );
     }
 
     #[test]

@@ -78,6 +78,7 @@ pub struct Limiter {
     prefix: String,
     metrics: Metrics,
     local_rate: rate::Local,
+    reservations: rate::Reservations,
     local_daily: daily::Local,
 }
 
@@ -89,6 +90,7 @@ impl Limiter {
             prefix: prefix.to_owned(),
             metrics,
             local_rate: rate::Local::default(),
+            reservations: rate::Reservations::default(),
             local_daily: daily::Local::default(),
         }
     }
@@ -99,10 +101,21 @@ impl Limiter {
         if limits.rps <= 0.0 {
             return None;
         }
-        let key = format!("{}limits:rate:{}", self.prefix, client.id.hex());
-        let (decision, store) = match rate::check_in_redis(&self.cache, &key, limits).await {
-            Ok(d) => (d, Store::Redis),
-            Err(_) => (self.local_rate.check(client.id, limits), Store::Local),
+        let (decision, store) = match self.reservations.decide(client.id) {
+            // What this instance holds of Redis's answers: a cell taken with others, or
+            // a refusal that still stands.
+            Some(d) => (d, Store::Redis),
+            None => {
+                let key = format!("{}limits:rate:{}", self.prefix, client.id.hex());
+                let wanted = rate::batch(limits);
+                match rate::take_in_redis(&self.cache, &key, limits, wanted).await {
+                    Ok((d, granted)) => {
+                        self.reservations.keep(client.id, &d, granted);
+                        (d, Store::Redis)
+                    }
+                    Err(_) => (self.local_rate.check(client.id, limits), Store::Local),
+                }
+            }
         };
         self.count(Limit::Rate, store, decision.allowed);
         if !decision.allowed {
@@ -124,12 +137,16 @@ impl Limiter {
         }
         let (day, reset) = daily::today();
         let key = self.daily_key(client, day);
-        let (used, store) = match daily::used_in_redis(&self.cache, &key).await {
-            Ok(used) => {
-                self.local_daily.set(client.id, day, used);
-                (used, Store::Redis)
-            }
-            Err(_) => (self.local_daily.used(client.id, day), Store::Local),
+        let fresh = self.local_daily.fresh(client.id, day, budget);
+        let (used, store) = match fresh {
+            Some(used) => (used, Store::Redis),
+            None => match daily::used_in_redis(&self.cache, &key).await {
+                Ok(used) => {
+                    self.local_daily.set(client.id, day, used);
+                    (used, Store::Redis)
+                }
+                Err(_) => (self.local_daily.used(client.id, day), Store::Local),
+            },
         };
         let remaining = budget.saturating_sub(used);
         self.count(Limit::Daily, store, remaining > 0);
@@ -163,6 +180,7 @@ impl Limiter {
         loop {
             tokio::time::sleep(Duration::from_secs(60)).await;
             self.local_rate.tidy();
+            self.reservations.tidy();
             self.local_daily.tidy(daily::today().0);
         }
     }

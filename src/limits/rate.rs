@@ -14,7 +14,11 @@
 //! Across instances the TAT lives in Redis, one key per client, updated by one atomic Lua
 //! script per check that reads the time from Redis's own clock (`TIME`), so that the
 //! instances' clocks do not matter; the key expires when the TAT has passed, so an idle
-//! client leaves nothing behind. While Redis cannot say, each instance keeps the same
+//! client leaves nothing behind. A check takes a [`batch`] of cells at once (20 ms of the
+//! client's rate, 1 for a client allowed a few requests a second), which the instance
+//! spends before asking again, and a refusal stands on the instance until its
+//! `Retry-After`: a client at thousands of requests a second costs Redis a few scripts a
+//! second, not one per request. While Redis cannot say, each instance keeps the same
 //! algorithm in memory with the `governor` crate, one keyed limiter per distinct
 //! (rps, burst).
 
@@ -45,9 +49,11 @@ pub struct RateDecision {
     pub retry_after: Duration,
 }
 
-/// The cell of one client in Redis. KEYS[1]: the client's key. ARGV[1]: the emission
-/// interval, in microseconds; ARGV[2]: the burst. Returns `{allowed (1 or 0), remaining,
-/// reset in µs, retry after in µs}`. The TAT is stored in microseconds of the Redis
+/// The cells of one client in Redis, taken `n` at a time. KEYS[1]: the client's key.
+/// ARGV[1]: the emission interval, in microseconds; ARGV[2]: the burst; ARGV[3]: the
+/// cells wanted (at least 1). Grants as many of them as the client may have now (none
+/// when it may have none). Returns `{granted, remaining after them, reset in µs, retry
+/// after in µs (0 when granted)}`. The TAT is stored in microseconds of the Redis
 /// server's clock, written with `%.0f` (Lua's default number format keeps 14 digits, a
 /// TAT has 16), and expires when it has passed.
 const GCRA: &str = r#"
@@ -56,16 +62,19 @@ local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
 local interval = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
+local wanted = tonumber(ARGV[3])
 local tat = tonumber(redis.call('GET', KEYS[1])) or now
 if tat < now then tat = now end
-local new_tat = tat + interval
-local allow_at = new_tat - interval * burst
-if now < allow_at then
+local available = math.floor((now + interval * burst - tat) / interval)
+if available < 1 then
+  local allow_at = tat + interval - interval * burst
   return {0, 0, allow_at - now, allow_at - now}
 end
+local granted = math.min(wanted, available)
+local new_tat = tat + interval * granted
 local ttl_ms = math.max(1, math.ceil((new_tat - now) / 1000))
 redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', ttl_ms)
-return {1, math.floor((now - allow_at) / interval), new_tat - now, 0}
+return {granted, available - granted, new_tat - now, 0}
 "#;
 
 static SCRIPT: Script = Script::new(GCRA);
@@ -76,31 +85,138 @@ pub fn interval_us(rps: f64) -> u64 {
     ((1_000_000.0 / rps).round() as u64).max(1)
 }
 
-/// Checks one request of `client` in Redis under `key`; `Err` when Redis cannot say.
-pub async fn check_in_redis(
+/// How much of a client's rate one instance takes from Redis at once: the cells of
+/// [`BATCH_WINDOW`] at its rate, at least 1 and at most a quarter of its burst. A client
+/// held to a few requests a second is checked in Redis request by request; one allowed
+/// thousands pays one round trip per batch. Cells taken are counted against the client
+/// at once (the limit is never exceeded across instances); cells an instance does not
+/// use within [`RESERVATION_LIFETIME`] are lost to it, at most one batch per instance.
+pub fn batch(limits: &ClientLimits) -> u64 {
+    let of_window = (limits.rps * BATCH_WINDOW.as_secs_f64()).floor() as u64;
+    of_window.clamp(1, (u64::from(limits.burst) / 4).max(1))
+}
+
+/// The span of a client's rate one batch covers.
+pub const BATCH_WINDOW: Duration = Duration::from_millis(20);
+
+/// How long cells taken from Redis may be used by the instance that took them.
+pub const RESERVATION_LIFETIME: Duration = Duration::from_secs(1);
+
+/// Takes up to `wanted` cells of `client` in Redis under `key`: the decision for the
+/// request at hand and how many cells were granted (0 when limited). `Err` when Redis
+/// cannot say.
+pub async fn take_in_redis(
     cache: &AnswerCache,
     key: &str,
     limits: &ClientLimits,
-) -> Result<RateDecision, RedisFailure> {
+    wanted: u64,
+) -> Result<(RateDecision, u64), RedisFailure> {
     let reply: Vec<i64> = SCRIPT
         .run(
             cache,
             &[key],
-            &[interval_us(limits.rps), u64::from(limits.burst)],
+            &[
+                interval_us(limits.rps),
+                u64::from(limits.burst),
+                wanted.max(1),
+            ],
         )
         .await?;
-    let &[allowed, remaining, reset_us, retry_us] = reply.as_slice() else {
+    let &[granted, remaining, reset_us, retry_us] = reply.as_slice() else {
         return Err(RedisFailure::Reply(format!(
             "rate limit script answered {reply:?}"
         )));
     };
     let us = |v: i64| Duration::from_micros(u64::try_from(v).unwrap_or(0));
-    Ok(RateDecision {
-        allowed: allowed == 1,
-        remaining: u64::try_from(remaining).unwrap_or(0),
-        reset: us(reset_us),
-        retry_after: us(retry_us),
-    })
+    let granted = u64::try_from(granted).unwrap_or(0);
+    Ok((
+        RateDecision {
+            allowed: granted > 0,
+            remaining: u64::try_from(remaining).unwrap_or(0),
+            reset: us(reset_us),
+            retry_after: us(retry_us),
+        },
+        granted,
+    ))
+}
+
+/// What an instance holds of one client's rate between two trips to Redis.
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    /// Cells granted by Redis and not used yet, usable until `until`.
+    cells: u64,
+    until: std::time::Instant,
+    /// Redis's `remaining` when they were granted.
+    remaining: u64,
+    /// When a whole burst is available again, as Redis said.
+    reset_at: std::time::Instant,
+    /// Redis refused the client until then: no cell frees before, on any instance.
+    denied_until: Option<std::time::Instant>,
+}
+
+/// The cells each client holds on this instance ([`batch`]), and the refusals Redis gave
+/// that still stand: the checks that need no trip to Redis.
+#[derive(Default)]
+pub struct Reservations {
+    held: Mutex<HashMap<ClientId, Held>>,
+}
+
+impl Reservations {
+    /// Decides one request of `id` from what this instance holds, if it can: a held cell
+    /// (allowed) or a refusal that still stands (limited).
+    pub fn decide(&self, id: ClientId) -> Option<RateDecision> {
+        let now = std::time::Instant::now();
+        let mut held = self.held.lock().ok()?;
+        let h = held.get_mut(&id)?;
+        if let Some(until) = h.denied_until
+            && until > now
+        {
+            let wait = until - now;
+            return Some(RateDecision {
+                allowed: false,
+                remaining: 0,
+                reset: wait,
+                retry_after: wait,
+            });
+        }
+        if h.cells == 0 || h.until <= now {
+            return None;
+        }
+        h.cells -= 1;
+        Some(RateDecision {
+            allowed: true,
+            remaining: h.remaining.saturating_add(h.cells),
+            reset: h.reset_at.saturating_duration_since(now),
+            retry_after: Duration::ZERO,
+        })
+    }
+
+    /// Keeps what Redis answered for `id`: `granted` cells, one of them spent on the
+    /// request at hand.
+    pub fn keep(&self, id: ClientId, decision: &RateDecision, granted: u64) {
+        let now = std::time::Instant::now();
+        if let Ok(mut held) = self.held.lock() {
+            held.insert(
+                id,
+                Held {
+                    cells: granted.saturating_sub(1),
+                    until: now + RESERVATION_LIFETIME,
+                    remaining: decision.remaining,
+                    reset_at: now + decision.reset,
+                    denied_until: (!decision.allowed).then(|| now + decision.retry_after),
+                },
+            );
+        }
+    }
+
+    /// Forgets what no longer decides anything.
+    pub fn tidy(&self) {
+        let now = std::time::Instant::now();
+        if let Ok(mut held) = self.held.lock() {
+            held.retain(|_, h| h.until > now || h.denied_until.is_some_and(|d| d > now));
+            held.shrink_to_fit();
+        }
+    }
 }
 
 type Keyed =
@@ -204,6 +320,54 @@ mod tests {
         assert!(refused.retry_after <= Duration::from_millis(500));
         assert!(refused.retry_after > Duration::from_millis(400));
         assert!(local.check(ClientId([2; 16]), &l).allowed, "another client");
+    }
+
+    #[test]
+    fn a_batch_is_twenty_milliseconds_of_the_rate_within_a_quarter_of_the_burst() {
+        assert_eq!(batch(&limits(5.0, 10)), 1);
+        assert_eq!(batch(&limits(1000.0, 2000)), 20);
+        assert_eq!(batch(&limits(1000.0, 40)), 10);
+        assert_eq!(batch(&limits(1_000_000.0, 1_000_000)), 20_000);
+    }
+
+    #[test]
+    fn held_cells_are_spent_one_by_one_then_redis_is_asked_again() {
+        let r = Reservations::default();
+        let id = ClientId([3; 16]);
+        assert!(r.decide(id).is_none(), "nothing held yet");
+        let granted = RateDecision {
+            allowed: true,
+            remaining: 5,
+            reset: Duration::from_secs(1),
+            retry_after: Duration::ZERO,
+        };
+        r.keep(id, &granted, 3);
+        assert_eq!(
+            r.decide(id).map(|d| (d.allowed, d.remaining)),
+            Some((true, 6))
+        );
+        assert_eq!(
+            r.decide(id).map(|d| (d.allowed, d.remaining)),
+            Some((true, 5))
+        );
+        assert!(r.decide(id).is_none(), "the batch is spent");
+    }
+
+    #[test]
+    fn a_refusal_stands_until_its_retry_after() {
+        let r = Reservations::default();
+        let id = ClientId([4; 16]);
+        let refused = RateDecision {
+            allowed: false,
+            remaining: 0,
+            reset: Duration::from_millis(300),
+            retry_after: Duration::from_millis(300),
+        };
+        r.keep(id, &refused, 0);
+        let d = r.decide(id).unwrap();
+        assert!(!d.allowed);
+        assert!(d.retry_after <= Duration::from_millis(300));
+        assert!(r.decide(ClientId([5; 16])).is_none(), "another client");
     }
 
     #[test]
