@@ -248,7 +248,7 @@ impl Clients {
         }
         let address = peer.map(|p| client_address(p, headers, &self.trusted));
         let id = match address {
-            Some(ip) => ClientId::of(b"address", address_block(ip).as_bytes()),
+            Some(ip) => ClientId::of(b"address", &address_block(ip)),
             None => ClientId::of(b"address", b"unknown"),
         };
         Ok(Client {
@@ -427,15 +427,21 @@ fn forwarded_address(entry: &str) -> Option<IpAddr> {
         .map(|ip: IpAddr| ip.to_canonical())
 }
 
-/// What an address stands for: itself (IPv4), or its /64 (IPv6).
-fn address_block(ip: IpAddr) -> String {
+/// What an address stands for, as bytes: itself (IPv4: `4` and its 4 octets), or its
+/// /64 (IPv6: `6` and its first 8 octets), zero-padded.
+fn address_block(ip: IpAddr) -> [u8; 9] {
+    let mut block = [0u8; 9];
     match ip {
-        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V4(v4) => {
+            block[0] = 4;
+            block[1..5].copy_from_slice(&v4.octets());
+        }
         IpAddr::V6(v6) => {
-            let s = v6.segments();
-            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            block[0] = 6;
+            block[1..9].copy_from_slice(&v6.octets()[..8]);
         }
     }
+    block
 }
 
 #[cfg(test)]

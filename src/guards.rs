@@ -135,6 +135,7 @@ async fn limit_rate(State(state): State<AppState>, req: Request, next: Next) -> 
     let daily = resp.extensions().get::<DailyState>().copied();
     headers::write(
         resp.headers_mut(),
+        &state.limiter.policies,
         &client.limits,
         rate.as_ref(),
         daily.as_ref(),

@@ -70,32 +70,69 @@ pub fn policy(limits: &ClientLimits) -> Option<HeaderValue> {
 
 /// `RateLimit`: the items of the limits checked for this request.
 pub fn state(rate: Option<&RateDecision>, daily: Option<&DailyState>) -> Option<HeaderValue> {
-    let mut items = Vec::with_capacity(2);
+    use std::fmt::Write as _;
+    let mut items = String::with_capacity(64);
     if let Some(rate) = rate {
-        items.push(format!(
+        let _ = write!(
+            items,
             "\"rps\";r={};t={}",
             rate.remaining,
             secs_up(rate.reset)
-        ));
+        );
     }
     if let Some(daily) = daily {
-        items.push(format!(
+        if !items.is_empty() {
+            items.push_str(", ");
+        }
+        let _ = write!(
+            items,
             "\"daily\";r={};t={}",
             daily.remaining,
             secs_up(daily.reset)
-        ));
+        );
     }
-    (!items.is_empty()).then(|| HeaderValue::from_str(&items.join(", ")).ok())?
+    (!items.is_empty()).then(|| HeaderValue::from_str(&items).ok())?
 }
 
-/// Writes both fields for a client with `limits`, as far as they apply.
+/// The `RateLimit-Policy` values already made, by the limits they describe: every
+/// response to a limited client carries one, and clients share a few sets of limits (the
+/// defaults, and those of the clients file).
+#[derive(Default)]
+pub struct Policies {
+    made: std::sync::RwLock<Vec<(ClientLimits, HeaderValue)>>,
+}
+
+/// How many distinct sets of limits [`Policies`] keeps.
+const POLICIES_KEPT: usize = 256;
+
+impl Policies {
+    /// `RateLimit-Policy` for `limits`, made once.
+    pub fn of(&self, limits: &ClientLimits) -> Option<HeaderValue> {
+        if let Ok(made) = self.made.read()
+            && let Some((_, v)) = made.iter().find(|(l, _)| l == limits)
+        {
+            return Some(v.clone());
+        }
+        let value = policy(limits)?;
+        if let Ok(mut made) = self.made.write()
+            && made.len() < POLICIES_KEPT
+        {
+            made.push((*limits, value.clone()));
+        }
+        Some(value)
+    }
+}
+
+/// Writes both fields for a client with `limits`, as far as they apply; the policy from
+/// `policies`.
 pub fn write(
     headers: &mut HeaderMap,
+    policies: &Policies,
     limits: &ClientLimits,
     rate: Option<&RateDecision>,
     daily: Option<&DailyState>,
 ) {
-    if let Some(policy) = policy(limits) {
+    if let Some(policy) = policies.of(limits) {
         headers.insert(RATELIMIT_POLICY, policy);
     }
     if let Some(state) = state(rate, daily) {
@@ -127,6 +164,16 @@ mod tests {
         assert!(policy(&limits(0.0, 10, 0)).is_none());
         assert_eq!(window_secs(&limits(100.0, 1, 0)), 1);
         assert_eq!(window_secs(&limits(0.1, 3, 0)), 30);
+    }
+
+    #[test]
+    fn a_policy_is_made_once_per_set_of_limits() {
+        let policies = Policies::default();
+        let a = limits(5.0, 10, 0);
+        assert_eq!(policies.of(&a).unwrap(), "\"rps\";q=10;w=2");
+        assert_eq!(policies.of(&a).unwrap(), "\"rps\";q=10;w=2");
+        assert_eq!(policies.made.read().unwrap().len(), 1);
+        assert!(policies.of(&limits(0.0, 10, 0)).is_none());
     }
 
     #[test]

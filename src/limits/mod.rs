@@ -74,9 +74,13 @@ impl Store {
 
 /// The per-client limits of one instance.
 pub struct Limiter {
+    /// The `RateLimit-Policy` values, made once per set of limits.
+    pub policies: headers::Policies,
+    /// `qa_rate_limit_checks_total`, by limit, store and result (resolved once: a check
+    /// runs on every request of a limited client).
+    checks: [[[prometheus::IntCounter; 2]; 2]; 2],
     cache: Arc<AnswerCache>,
     prefix: String,
-    metrics: Metrics,
     local_rate: rate::Local,
     reservations: rate::Reservations,
     local_daily: daily::Local,
@@ -85,10 +89,22 @@ pub struct Limiter {
 impl Limiter {
     /// Limits kept in the Redis behind `cache`, under `prefix` (`cache.key_prefix`).
     pub fn new(cache: Arc<AnswerCache>, prefix: &str, metrics: Metrics) -> Limiter {
+        let checks = Limit::ALL.map(|limit| {
+            Store::ALL.map(|store| {
+                ["allowed", "limited"].map(|result| {
+                    metrics.rate_limit_checks.with_label_values(&[
+                        limit.as_str(),
+                        store.as_str(),
+                        result,
+                    ])
+                })
+            })
+        });
         Limiter {
+            policies: headers::Policies::default(),
+            checks,
             cache,
             prefix: prefix.to_owned(),
-            metrics,
             local_rate: rate::Local::default(),
             reservations: rate::Reservations::default(),
             local_daily: daily::Local::default(),
@@ -195,10 +211,6 @@ impl Limiter {
     }
 
     fn count(&self, limit: Limit, store: Store, allowed: bool) {
-        let result = if allowed { "allowed" } else { "limited" };
-        self.metrics
-            .rate_limit_checks
-            .with_label_values(&[limit.as_str(), store.as_str(), result])
-            .inc();
+        self.checks[limit as usize][store as usize][usize::from(!allowed)].inc();
     }
 }
