@@ -82,7 +82,7 @@ pub struct Limiter {
     cache: Arc<AnswerCache>,
     prefix: String,
     local_rate: rate::Local,
-    reservations: rate::Reservations,
+    reservations: Arc<rate::Reservations>,
     local_daily: daily::Local,
 }
 
@@ -106,7 +106,7 @@ impl Limiter {
             cache,
             prefix: prefix.to_owned(),
             local_rate: rate::Local::default(),
-            reservations: rate::Reservations::default(),
+            reservations: Arc::default(),
             local_daily: daily::Local::default(),
         }
     }
@@ -117,21 +117,25 @@ impl Limiter {
         if limits.rps <= 0.0 {
             return None;
         }
-        let (decision, store) = match self.reservations.decide(client.id) {
+        let wanted = rate::batch(limits);
+        let key = || format!("{}limits:rate:{}", self.prefix, client.id.hex());
+        let (decision, store) = match self.reservations.decide(client.id, wanted) {
             // What this instance holds of Redis's answers: a cell taken with others, or
             // a refusal that still stands.
-            Some(d) => (d, Store::Redis),
-            None => {
-                let key = format!("{}limits:rate:{}", self.prefix, client.id.hex());
-                let wanted = rate::batch(limits);
-                match rate::take_in_redis(&self.cache, &key, limits, wanted).await {
-                    Ok((d, granted)) => {
-                        self.reservations.keep(client.id, &d, granted);
-                        (d, Store::Redis)
-                    }
-                    Err(_) => (self.local_rate.check(client.id, limits), Store::Local),
+            Some(held) => {
+                if held.fetch_more {
+                    self.fetch_more(client.id, key(), *limits, wanted);
                 }
+                (held.decision, Store::Redis)
             }
+            None => match rate::take_in_redis(&self.cache, &key(), limits, wanted).await {
+                Ok((d, granted)) => {
+                    self.reservations
+                        .keep(client.id, &d, granted, u64::from(d.allowed));
+                    (d, Store::Redis)
+                }
+                Err(_) => (self.local_rate.check(client.id, limits), Store::Local),
+            },
         };
         self.count(Limit::Rate, store, decision.allowed);
         if !decision.allowed {
@@ -143,6 +147,25 @@ impl Limiter {
             );
         }
         Some(decision)
+    }
+
+    /// Fetches the next batch of `id`'s cells off the request's path, while the last
+    /// ones are being spent.
+    fn fetch_more(
+        &self,
+        id: crate::clients::ClientId,
+        key: String,
+        limits: ClientLimits,
+        wanted: u64,
+    ) {
+        let cache = self.cache.clone();
+        let reservations = self.reservations.clone();
+        tokio::spawn(async move {
+            match rate::take_in_redis(&cache, &key, &limits, wanted).await {
+                Ok((d, granted)) => reservations.keep(id, &d, granted, 0),
+                Err(_) => reservations.fetch_failed(id),
+            }
+        });
     }
 
     /// The model calls `client` has left today; `None` when it has no budget.

@@ -152,10 +152,21 @@ struct Held {
     reset_at: std::time::Instant,
     /// Redis refused the client until then: no cell frees before, on any instance.
     denied_until: Option<std::time::Instant>,
+    /// A trip for more cells is on its way.
+    fetching: bool,
+}
+
+/// A request decided from what the instance holds ([`Reservations::decide`]).
+pub struct Held1 {
+    pub decision: RateDecision,
+    /// Few cells are left: the caller fetches the next batch now, before they run out
+    /// (the fetch is marked, so that one request does it).
+    pub fetch_more: bool,
 }
 
 /// The cells each client holds on this instance ([`batch`]), and the refusals Redis gave
-/// that still stand: the checks that need no trip to Redis.
+/// that still stand: the checks that need no trip to Redis. The next batch is fetched
+/// while half of one is left, so that a steady client never waits on Redis.
 #[derive(Default)]
 pub struct Reservations {
     held: Mutex<HashMap<ClientId, Held>>,
@@ -163,49 +174,71 @@ pub struct Reservations {
 
 impl Reservations {
     /// Decides one request of `id` from what this instance holds, if it can: a held cell
-    /// (allowed) or a refusal that still stands (limited).
-    pub fn decide(&self, id: ClientId) -> Option<RateDecision> {
+    /// (allowed) or a refusal that still stands (limited). `batch` is the client's
+    /// [`batch`].
+    pub fn decide(&self, id: ClientId, batch: u64) -> Option<Held1> {
         let now = std::time::Instant::now();
         let mut held = self.held.lock().ok()?;
         let h = held.get_mut(&id)?;
-        if let Some(until) = h.denied_until
-            && until > now
-        {
-            let wait = until - now;
-            return Some(RateDecision {
+        if h.cells > 0 && h.until > now {
+            h.cells -= 1;
+            let fetch_more = !h.fetching && batch > 1 && h.cells.saturating_mul(2) < batch;
+            h.fetching |= fetch_more;
+            return Some(Held1 {
+                decision: RateDecision {
+                    allowed: true,
+                    remaining: h.remaining.saturating_add(h.cells),
+                    reset: h.reset_at.saturating_duration_since(now),
+                    retry_after: Duration::ZERO,
+                },
+                fetch_more,
+            });
+        }
+        let until = h.denied_until.filter(|d| *d > now)?;
+        let wait = until - now;
+        Some(Held1 {
+            decision: RateDecision {
                 allowed: false,
                 remaining: 0,
                 reset: wait,
                 retry_after: wait,
-            });
-        }
-        if h.cells == 0 || h.until <= now {
-            return None;
-        }
-        h.cells -= 1;
-        Some(RateDecision {
-            allowed: true,
-            remaining: h.remaining.saturating_add(h.cells),
-            reset: h.reset_at.saturating_duration_since(now),
-            retry_after: Duration::ZERO,
+            },
+            fetch_more: false,
         })
     }
 
-    /// Keeps what Redis answered for `id`: `granted` cells, one of them spent on the
-    /// request at hand.
-    pub fn keep(&self, id: ClientId, decision: &RateDecision, granted: u64) {
+    /// Keeps what Redis answered for `id`: `granted` cells, of which `spent` (0 or 1)
+    /// went to the request at hand, added to those still held; a refusal stands until
+    /// its retry-after. Ends the fetch in flight, if any.
+    pub fn keep(&self, id: ClientId, decision: &RateDecision, granted: u64, spent: u64) {
         let now = std::time::Instant::now();
         if let Ok(mut held) = self.held.lock() {
-            held.insert(
-                id,
-                Held {
-                    cells: granted.saturating_sub(1),
-                    until: now + RESERVATION_LIFETIME,
-                    remaining: decision.remaining,
-                    reset_at: now + decision.reset,
-                    denied_until: (!decision.allowed).then(|| now + decision.retry_after),
-                },
-            );
+            let h = held.entry(id).or_insert(Held {
+                cells: 0,
+                until: now,
+                remaining: 0,
+                reset_at: now,
+                denied_until: None,
+                fetching: false,
+            });
+            let left = if h.until > now { h.cells } else { 0 };
+            h.cells = left.saturating_add(granted.saturating_sub(spent));
+            if granted > 0 {
+                h.until = now + RESERVATION_LIFETIME;
+            }
+            h.remaining = decision.remaining;
+            h.reset_at = now + decision.reset;
+            h.denied_until = (!decision.allowed).then(|| now + decision.retry_after);
+            h.fetching = false;
+        }
+    }
+
+    /// Ends a fetch that got no answer (Redis could not say).
+    pub fn fetch_failed(&self, id: ClientId) {
+        if let Ok(mut held) = self.held.lock()
+            && let Some(h) = held.get_mut(&id)
+        {
+            h.fetching = false;
         }
     }
 
@@ -213,7 +246,9 @@ impl Reservations {
     pub fn tidy(&self) {
         let now = std::time::Instant::now();
         if let Ok(mut held) = self.held.lock() {
-            held.retain(|_, h| h.until > now || h.denied_until.is_some_and(|d| d > now));
+            held.retain(|_, h| {
+                h.fetching || h.until > now || h.denied_until.is_some_and(|d| d > now)
+            });
             held.shrink_to_fit();
         }
     }
@@ -334,23 +369,51 @@ mod tests {
     fn held_cells_are_spent_one_by_one_then_redis_is_asked_again() {
         let r = Reservations::default();
         let id = ClientId([3; 16]);
-        assert!(r.decide(id).is_none(), "nothing held yet");
+        assert!(r.decide(id, 4).is_none(), "nothing held yet");
         let granted = RateDecision {
             allowed: true,
             remaining: 5,
             reset: Duration::from_secs(1),
             retry_after: Duration::ZERO,
         };
-        r.keep(id, &granted, 3);
-        assert_eq!(
-            r.decide(id).map(|d| (d.allowed, d.remaining)),
-            Some((true, 6))
+        r.keep(id, &granted, 4, 1);
+        let d = r.decide(id, 4).unwrap();
+        assert_eq!((d.decision.allowed, d.decision.remaining), (true, 7));
+        assert!(!d.fetch_more, "half a batch is left");
+        let d = r.decide(id, 4).unwrap();
+        assert_eq!((d.decision.allowed, d.decision.remaining), (true, 6));
+        assert!(
+            d.fetch_more,
+            "less than half a batch is left: fetch the next"
         );
+        let d = r.decide(id, 4).unwrap();
+        assert!(d.decision.allowed && !d.fetch_more, "a fetch is on its way");
+        assert!(r.decide(id, 4).is_none(), "the batch is spent");
+    }
+
+    #[test]
+    fn a_fetched_batch_adds_to_the_cells_held_and_one_request_fetches_it() {
+        let r = Reservations::default();
+        let id = ClientId([6; 16]);
+        let granted = RateDecision {
+            allowed: true,
+            remaining: 100,
+            reset: Duration::from_secs(1),
+            retry_after: Duration::ZERO,
+        };
+        r.keep(id, &granted, 10, 1);
+        let fetches = (0..8)
+            .filter(|_| r.decide(id, 10).unwrap().fetch_more)
+            .count();
+        assert_eq!(fetches, 1, "one fetch in flight at a time");
+        r.keep(id, &granted, 10, 0);
+        let allowed = (0..11)
+            .filter(|_| r.decide(id, 10).is_some_and(|d| d.decision.allowed))
+            .count();
         assert_eq!(
-            r.decide(id).map(|d| (d.allowed, d.remaining)),
-            Some((true, 5))
+            allowed, 11,
+            "1 left of the first batch and 10 of the second"
         );
-        assert!(r.decide(id).is_none(), "the batch is spent");
     }
 
     #[test]
@@ -363,11 +426,11 @@ mod tests {
             reset: Duration::from_millis(300),
             retry_after: Duration::from_millis(300),
         };
-        r.keep(id, &refused, 0);
-        let d = r.decide(id).unwrap();
+        r.keep(id, &refused, 0, 0);
+        let d = r.decide(id, 1).unwrap().decision;
         assert!(!d.allowed);
         assert!(d.retry_after <= Duration::from_millis(300));
-        assert!(r.decide(ClientId([5; 16])).is_none(), "another client");
+        assert!(r.decide(ClientId([5; 16]), 1).is_none(), "another client");
     }
 
     #[test]
