@@ -128,14 +128,23 @@ impl Limiter {
                 }
                 (held.decision, Store::Redis)
             }
-            None => match rate::take_in_redis(&self.cache, &key(), limits, wanted).await {
-                Ok((d, granted)) => {
-                    self.reservations
-                        .keep(client.id, &d, granted, u64::from(d.allowed));
-                    (d, Store::Redis)
+            None => {
+                let fetch = wanted > 1 && self.reservations.claim_fetch(client.id);
+                let asked = if fetch { wanted } else { 1 };
+                match rate::take_in_redis(&self.cache, &key(), limits, asked).await {
+                    Ok((d, granted)) => {
+                        let spent = u64::from(d.allowed);
+                        self.reservations.keep(client.id, &d, granted, spent, fetch);
+                        (d, Store::Redis)
+                    }
+                    Err(_) => {
+                        if fetch {
+                            self.reservations.fetch_failed(client.id);
+                        }
+                        (self.local_rate.check(client.id, limits), Store::Local)
+                    }
                 }
-                Err(_) => (self.local_rate.check(client.id, limits), Store::Local),
-            },
+            }
         };
         self.count(Limit::Rate, store, decision.allowed);
         if !decision.allowed {
@@ -162,7 +171,7 @@ impl Limiter {
         let reservations = self.reservations.clone();
         tokio::spawn(async move {
             match rate::take_in_redis(&cache, &key, &limits, wanted).await {
-                Ok((d, granted)) => reservations.keep(id, &d, granted, 0),
+                Ok((d, granted)) => reservations.keep(id, &d, granted, 0, true),
                 Err(_) => reservations.fetch_failed(id),
             }
         });

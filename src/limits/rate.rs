@@ -207,10 +207,36 @@ impl Reservations {
         })
     }
 
+    /// Claims the one trip for a whole batch of `id`'s cells: true when no other is on
+    /// its way (the caller asks for a batch), false when one is (the caller asks for the
+    /// one cell it needs, so that requests arriving together do not each take a batch).
+    pub fn claim_fetch(&self, id: ClientId) -> bool {
+        let now = std::time::Instant::now();
+        let Ok(mut held) = self.held.lock() else {
+            return false;
+        };
+        let h = held.entry(id).or_insert(Held {
+            cells: 0,
+            until: now,
+            remaining: 0,
+            reset_at: now,
+            denied_until: None,
+            fetching: false,
+        });
+        !std::mem::replace(&mut h.fetching, true)
+    }
+
     /// Keeps what Redis answered for `id`: `granted` cells, of which `spent` (0 or 1)
     /// went to the request at hand, added to those still held; a refusal stands until
-    /// its retry-after. Ends the fetch in flight, if any.
-    pub fn keep(&self, id: ClientId, decision: &RateDecision, granted: u64, spent: u64) {
+    /// its retry-after. `fetch` says the answer is the batch trip's, which ends it.
+    pub fn keep(
+        &self,
+        id: ClientId,
+        decision: &RateDecision,
+        granted: u64,
+        spent: u64,
+        fetch: bool,
+    ) {
         let now = std::time::Instant::now();
         if let Ok(mut held) = self.held.lock() {
             let h = held.entry(id).or_insert(Held {
@@ -223,13 +249,15 @@ impl Reservations {
             });
             let left = if h.until > now { h.cells } else { 0 };
             h.cells = left.saturating_add(granted.saturating_sub(spent));
-            if granted > 0 {
+            if granted > spent {
                 h.until = now + RESERVATION_LIFETIME;
             }
             h.remaining = decision.remaining;
             h.reset_at = now + decision.reset;
             h.denied_until = (!decision.allowed).then(|| now + decision.retry_after);
-            h.fetching = false;
+            if fetch {
+                h.fetching = false;
+            }
         }
     }
 
@@ -376,7 +404,7 @@ mod tests {
             reset: Duration::from_secs(1),
             retry_after: Duration::ZERO,
         };
-        r.keep(id, &granted, 4, 1);
+        r.keep(id, &granted, 4, 1, false);
         let d = r.decide(id, 4).unwrap();
         assert_eq!((d.decision.allowed, d.decision.remaining), (true, 7));
         assert!(!d.fetch_more, "half a batch is left");
@@ -401,12 +429,12 @@ mod tests {
             reset: Duration::from_secs(1),
             retry_after: Duration::ZERO,
         };
-        r.keep(id, &granted, 10, 1);
+        r.keep(id, &granted, 10, 1, false);
         let fetches = (0..8)
             .filter(|_| r.decide(id, 10).unwrap().fetch_more)
             .count();
         assert_eq!(fetches, 1, "one fetch in flight at a time");
-        r.keep(id, &granted, 10, 0);
+        r.keep(id, &granted, 10, 0, true);
         let allowed = (0..11)
             .filter(|_| r.decide(id, 10).is_some_and(|d| d.decision.allowed))
             .count();
@@ -414,6 +442,24 @@ mod tests {
             allowed, 11,
             "1 left of the first batch and 10 of the second"
         );
+    }
+
+    #[test]
+    fn one_trip_at_a_time_takes_a_batch() {
+        let r = Reservations::default();
+        let id = ClientId([7; 16]);
+        assert!(r.claim_fetch(id));
+        assert!(!r.claim_fetch(id), "the batch trip is on its way");
+        let granted = RateDecision {
+            allowed: true,
+            remaining: 10,
+            reset: Duration::from_secs(1),
+            retry_after: Duration::ZERO,
+        };
+        r.keep(id, &granted, 1, 1, false);
+        assert!(!r.claim_fetch(id), "a single cell's trip does not end it");
+        r.keep(id, &granted, 4, 1, true);
+        assert!(r.claim_fetch(id));
     }
 
     #[test]
@@ -426,7 +472,7 @@ mod tests {
             reset: Duration::from_millis(300),
             retry_after: Duration::from_millis(300),
         };
-        r.keep(id, &refused, 0, 0);
+        r.keep(id, &refused, 0, 0, false);
         let d = r.decide(id, 1).unwrap().decision;
         assert!(!d.allowed);
         assert!(d.retry_after <= Duration::from_millis(300));

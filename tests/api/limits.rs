@@ -197,6 +197,47 @@ async fn the_rate_holds_across_two_instances_sharing_a_redis() {
 }
 
 #[tokio::test]
+async fn a_fast_client_taking_cells_in_batches_is_held_to_its_rate_across_two_instances() {
+    let redis = Redis::start();
+    let sim = healthy_sim().await;
+    // 200 a second with bursts of 100: each instance takes 4 cells from Redis at once.
+    let limited = |c: &mut Config| {
+        c.limits.per_client_rps = 200.0;
+        c.limits.per_client_burst = 100;
+    };
+    let a = TestApp::spawn(config(&redis, &sim, limited)).await;
+    let b = TestApp::spawn(config(&redis, &sim, limited)).await;
+    ask_as(&a, None, None, "a fast client").await;
+
+    let started = std::time::Instant::now();
+    let asks = (0..300).map(|i| {
+        let app = if i % 2 == 0 { &a } else { &b };
+        async move {
+            ask_as(app, None, None, "a fast client")
+                .await
+                .status()
+                .as_u16()
+        }
+    });
+    let statuses = futures_util::future::join_all(asks).await;
+    let elapsed = started.elapsed().as_secs_f64();
+
+    let allowed = statuses.iter().filter(|s| **s == 200).count() as f64;
+    let limited = statuses.iter().filter(|s| **s == 429).count() as f64;
+    assert_eq!(allowed + limited, 300.0, "{statuses:?}");
+    // Never more than the burst and what the rate refilled meanwhile (the first request
+    // took one cell before the clock started); at most a batch per instance unused.
+    assert!(
+        allowed <= 100.0 + (200.0 * elapsed).ceil(),
+        "{allowed} allowed in {elapsed:.3} s"
+    );
+    assert!(
+        allowed >= 100.0 - 1.0 - 8.0,
+        "{allowed} allowed in {elapsed:.3} s"
+    );
+}
+
+#[tokio::test]
 async fn with_redis_away_each_instance_limits_on_its_own() {
     let mut redis = Redis::start();
     let sim = healthy_sim().await;
