@@ -9,8 +9,11 @@
 //! models, 20% from a small hot set that the cache answers; in `stream_cut` and
 //! `stream_hang` they ask for server-sent events and check every stream), injects one fault, and
 //! measures what the clients saw plus the simulator's call counts and the service's
-//! `/metrics` sampled every 250 ms. Every child process is killed on exit, on panic and
-//! on Ctrl-C / SIGTERM (guards with `Drop`). The results are printed as a table and
+//! `/metrics` sampled every 250 ms. Two scenarios run more than one of a kind:
+//! `replica_killed` (three services sharing one Redis behind a real HAProxy, one of them
+//! killed) and `redis_failover` (the service in Sentinel mode over a primary, a replica
+//! and three sentinels; the primary killed). Every child process is killed on exit, on
+//! panic and on Ctrl-C / SIGTERM (guards with `Drop`). The results are printed as a table and
 //! written to `docs/CHAOS.md`; the exit code is 1 if any check fails.
 
 use std::collections::BTreeMap;
@@ -23,6 +26,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use deadpool_redis::redis;
 use serde_json::{Value, json};
 
 // ---------------------------------------------------------------------------------------
@@ -60,7 +64,7 @@ const CLIENT_TIMEOUT: Duration = Duration::from_millis(DEADLINE_MS + 5000);
 /// Monitor period (`/metrics` and the simulator's call counts).
 const SAMPLE_EVERY: Duration = Duration::from_millis(250);
 /// Whole-suite safety net: past it everything is killed and the run fails.
-const SUITE_BUDGET: Duration = Duration::from_secs(330);
+const SUITE_BUDGET: Duration = Duration::from_secs(420);
 
 // Scenario targets.
 const TARGET_CALLS_PER_REQUEST: f64 = 1.2;
@@ -68,6 +72,25 @@ const TARGET_DOWN_P99_MS: f64 = 150.0;
 const TARGET_FLAKY_PRIMARY_SHARE: f64 = 0.85;
 const TARGET_FLAKY_P99_MS: f64 = 1000.0;
 const TARGET_RECOVERY_MS: f64 = (OPEN_MS + 2000) as f64;
+
+// Multi-replica scenarios.
+/// `resilient-qa` processes behind HAProxy in `replica_killed`, named `r1`…`r3`.
+const REPLICAS: usize = 3;
+/// The replica killed: `r2`.
+const KILLED_REPLICA: u8 = 2;
+/// Clients per group that ask the same new questions at about the same time, so that
+/// the replicas meet on a question and its lease in Redis decides who asks upstream.
+const QUESTION_GROUP: usize = 5;
+/// Upstream calls per distinct question across the replicas.
+const TARGET_CALLS_PER_QUESTION: f64 = 1.05;
+/// HAProxy checks `/readyz` every 500 ms and takes a replica out after one failure.
+const TARGET_MARKED_DOWN_MS: f64 = 1000.0;
+/// p99 of the requests started after the kill.
+const TARGET_AFTER_KILL_P99_MS: f64 = 1000.0;
+/// Redis hits again within this of the sentinels' promotion.
+const TARGET_HITS_BACK_MS: f64 = 10_000.0;
+/// The primary's name as the sentinels know it (`redis.sentinel_master`).
+const SENTINEL_MASTER: &str = "mymaster";
 
 // Streaming scenarios: the simulator's pace, and the stream timeouts of both tiers
 // (the defaults, 5 s and 10 s, scaled to the 5 s deadline as the attempt timeouts are).
@@ -109,10 +132,12 @@ enum Scenario {
     Sigterm,
     StreamCut,
     StreamHang,
+    ReplicaKilled,
+    RedisFailover,
 }
 
 impl Scenario {
-    const ALL: [Scenario; 8] = [
+    const ALL: [Scenario; 10] = [
         Scenario::RedisKilled,
         Scenario::PrimaryDown,
         Scenario::PrimaryHang,
@@ -121,6 +146,8 @@ impl Scenario {
         Scenario::Sigterm,
         Scenario::StreamCut,
         Scenario::StreamHang,
+        Scenario::ReplicaKilled,
+        Scenario::RedisFailover,
     ];
 
     fn name(self) -> &'static str {
@@ -133,6 +160,8 @@ impl Scenario {
             Scenario::Sigterm => "sigterm",
             Scenario::StreamCut => "stream_cut",
             Scenario::StreamHang => "stream_hang",
+            Scenario::ReplicaKilled => "replica_killed",
+            Scenario::RedisFailover => "redis_failover",
         }
     }
 
@@ -149,6 +178,12 @@ impl Scenario {
             Scenario::StreamCut => "streaming clients; the primary cuts 30% of its streams mid-way",
             Scenario::StreamHang => {
                 "streaming clients; the primary hangs (stall_first / hang), then healed"
+            }
+            Scenario::ReplicaKilled => {
+                "3 replicas sharing one Redis behind HAProxy; `kill -9` one replica mid-run"
+            }
+            Scenario::RedisFailover => {
+                "Sentinel mode, memory cache off; `kill -9` the Redis primary, a sentinel failover"
             }
         }
     }
@@ -170,6 +205,13 @@ impl Scenario {
             (Scenario::StreamCut, true) => (2.0, 7.0, 0.0),
             (Scenario::StreamHang, false) => (3.0, 10.0, 9.0),
             (Scenario::StreamHang, true) => (2.0, 6.0, 8.0),
+            // The kill at the end of the first phase; the last runs from the kill.
+            (Scenario::ReplicaKilled, false) => (4.0, 0.0, 8.0),
+            (Scenario::ReplicaKilled, true) => (3.0, 0.0, 5.0),
+            // The kill at the end of the first phase; the last runs from the promotion (and
+            // on, up to 10.5 s, until Redis hits are seen again).
+            (Scenario::RedisFailover, false) => (4.0, 0.0, 8.0),
+            (Scenario::RedisFailover, true) => (3.0, 0.0, 5.0),
         }
     }
 }
@@ -241,15 +283,26 @@ fn log_file(path: &Path) -> Result<Stdio, String> {
 struct Redis {
     port: u16,
     dir: PathBuf,
+    /// What its logs are named after (`redis`, `primary`, `replica`).
+    name: &'static str,
+    /// More arguments of `redis-server` (`--replicaof 127.0.0.1 PORT` for a replica).
+    extra: Vec<String>,
     proc: Option<Proc>,
     starts: u32,
 }
 
 impl Redis {
     async fn start(dir: &Path) -> Result<Redis, String> {
+        Redis::start_as(dir, "redis", Vec::new()).await
+    }
+
+    async fn start_as(dir: &Path, name: &'static str, extra: Vec<String>) -> Result<Redis, String> {
+        std::fs::create_dir_all(dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
         let mut redis = Redis {
             port: free_port()?,
             dir: dir.to_owned(),
+            name,
+            extra,
             proc: None,
             starts: 0,
         };
@@ -263,33 +316,22 @@ impl Redis {
 
     async fn restart(&mut self) -> Result<(), String> {
         self.starts += 1;
-        let log = self.dir.join(format!("redis-{}.log", self.starts));
+        let log = self.dir.join(format!("{}-{}.log", self.name, self.starts));
         let mut cmd = Command::new("redis-server");
         cmd.args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(&self.dir)
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(log_file(&log)?)
             .stderr(Stdio::null());
-        self.proc =
-            Some(Proc::spawn("redis-server", &mut cmd).map_err(|e| {
-                format!("{e} (redis-server is needed: run scripts/install-deps.sh)")
-            })?);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if redis_ping(self.port).await {
-                return Ok(());
-            }
-            if let Some(status) = self.proc.as_mut().and_then(Proc::try_wait) {
-                return Err(format!(
-                    "redis-server exited at start ({status}); see {}",
-                    log.display()
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Err(format!("redis-server did not answer on port {}", self.port))
+        let proc =
+            self.proc
+                .insert(Proc::spawn("redis-server", &mut cmd).map_err(|e| {
+                    format!("{e} (redis-server is needed: run scripts/install-deps.sh)")
+                })?);
+        wait_redis(self.port, proc, &log).await
     }
 
     /// SIGKILL, as in a crash.
@@ -298,6 +340,165 @@ impl Redis {
             p.kill();
         }
     }
+}
+
+/// Waits until the `redis-server` (data node or sentinel) `proc` answers `PING` on `port`.
+async fn wait_redis(port: u16, proc: &mut Proc, log: &Path) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if redis_ping(port).await {
+            return Ok(());
+        }
+        if let Some(status) = proc.try_wait() {
+            return Err(format!(
+                "{} exited at start ({status}); see {}",
+                proc.name,
+                log.display()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Err(format!("{} did not answer on port {port}", proc.name))
+}
+
+/// One command to the `redis-server` (or sentinel) on `port`, on a connection of its own;
+/// `None` when it cannot be reached or the reply is not a `T`.
+async fn redis_cmd<T: redis::FromRedisValue>(port: u16, args: &[&str]) -> Option<T> {
+    let (name, rest) = args.split_first()?;
+    let run = async {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).ok()?;
+        let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+        redis::cmd(name)
+            .arg(rest)
+            .query_async::<T>(&mut conn)
+            .await
+            .ok()
+    };
+    tokio::time::timeout(Duration::from_secs(1), run)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// A primary, one replica (`--replicaof`) and three sentinels watching them (quorum 2,
+/// the primary down after 1 s of silence), as `tests/api/topologies.rs` runs them.
+struct SentinelGroup {
+    primary: Redis,
+    /// Held for its `Drop`.
+    _replica: Redis,
+    sentinels: Vec<(u16, Proc)>,
+}
+
+impl SentinelGroup {
+    /// Starts the group and waits until it has formed: the replica in sync, and each
+    /// sentinel seeing the other two. Returns it with how long forming took.
+    async fn start(dir: &Path) -> Result<(SentinelGroup, f64), String> {
+        let started = Instant::now();
+        let primary = Redis::start_as(&dir.join("primary"), "primary", Vec::new()).await?;
+        let replicaof = vec![
+            "--replicaof".to_owned(),
+            "127.0.0.1".to_owned(),
+            primary.port.to_string(),
+        ];
+        let replica = Redis::start_as(&dir.join("replica"), "replica", replicaof).await?;
+        let mut sentinels = Vec::new();
+        for _ in 0..3 {
+            sentinels.push(start_sentinel(dir, primary.port).await?);
+        }
+        let group = SentinelGroup {
+            primary,
+            _replica: replica,
+            sentinels,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (synced, knowing) = group.formation().await;
+            if synced && knowing == group.sentinels.len() {
+                return Ok((group, started.elapsed().as_secs_f64()));
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "the Sentinel group did not form within 20 s: replica in sync: {synced}; \
+                     {knowing} of 3 sentinels see the other two"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Whether the replica is in sync (`INFO replication` on the primary), and how many
+    /// sentinels see two others (`SENTINEL master` → `num-other-sentinels`).
+    async fn formation(&self) -> (bool, usize) {
+        let synced = redis_cmd::<String>(self.primary.port, &["INFO", "replication"])
+            .await
+            .is_some_and(|i| i.contains("connected_slaves:1") && i.contains("state=online"));
+        let mut knowing = 0;
+        for (port, _) in &self.sentinels {
+            let master: Option<Vec<String>> =
+                redis_cmd(*port, &["SENTINEL", "master", SENTINEL_MASTER]).await;
+            let others = master.and_then(|m| {
+                let at = m.iter().position(|f| f == "num-other-sentinels")?;
+                m.get(at + 1)?.parse::<usize>().ok()
+            });
+            if others == Some(2) {
+                knowing += 1;
+            }
+        }
+        (synced, knowing)
+    }
+
+    /// `QA__REDIS__URLS`: the sentinels.
+    fn urls(&self) -> String {
+        self.sentinels
+            .iter()
+            .map(|(port, _)| format!("redis://127.0.0.1:{port}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The port of the primary the first sentinel that answers names now.
+    async fn named_primary(&self) -> Option<u16> {
+        for (port, _) in &self.sentinels {
+            let addr: Option<Vec<String>> = redis_cmd(
+                *port,
+                &["SENTINEL", "get-master-addr-by-name", SENTINEL_MASTER],
+            )
+            .await;
+            if let Some(port) = addr.and_then(|a| a.get(1)?.parse().ok()) {
+                return Some(port);
+            }
+        }
+        None
+    }
+}
+
+/// A Redis Sentinel (`redis-server CONF --sentinel`) watching the primary on
+/// `primary_port`: its port and process.
+async fn start_sentinel(dir: &Path, primary_port: u16) -> Result<(u16, Proc), String> {
+    let port = free_port()?;
+    let conf = dir.join(format!("sentinel-{port}.conf"));
+    std::fs::write(
+        &conf,
+        format!(
+            "port {port}\nbind 127.0.0.1\ndir {dir}\n\
+             sentinel monitor {SENTINEL_MASTER} 127.0.0.1 {primary_port} 2\n\
+             sentinel down-after-milliseconds {SENTINEL_MASTER} 1000\n\
+             sentinel failover-timeout {SENTINEL_MASTER} 10000\n",
+            dir = dir.display(),
+        ),
+    )
+    .map_err(|e| format!("write {}: {e}", conf.display()))?;
+    let log = dir.join(format!("sentinel-{port}.log"));
+    let mut cmd = Command::new("redis-server");
+    cmd.arg(&conf)
+        .arg("--sentinel")
+        .stdin(Stdio::null())
+        .stdout(log_file(&log)?)
+        .stderr(Stdio::null());
+    let mut proc = Proc::spawn("redis-sentinel", &mut cmd)
+        .map_err(|e| format!("{e} (redis-server is needed: run scripts/install-deps.sh)"))?;
+    wait_redis(port, &mut proc, &log).await?;
+    Ok((port, proc))
 }
 
 /// `PING` over a raw socket (tokio's `io-util` is not enabled, so try_read/try_write).
@@ -360,89 +561,33 @@ struct WorldOpts {
 
 impl World {
     async fn start(ctx: &Ctx, sc: Scenario, opts: WorldOpts) -> Result<World, String> {
-        let dir = ctx.tmp.join(sc.name());
-        std::fs::create_dir_all(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .timeout(Duration::from_secs(3))
-            .build()
-            .map_err(|e| format!("http client: {e}"))?;
-
+        let dir = scenario_dir(ctx, sc)?;
+        let http = control_client()?;
         let redis = Redis::start(&dir).await?;
-
-        let sim_port = free_port()?;
-        let mut cmd = Command::new(ctx.bins.join("upstream-sim"));
-        cmd.args(["--listen", &format!("127.0.0.1:{sim_port}")])
-            .args(["--latency-ms", &opts.sim_latency_ms.to_string()])
-            .args(["--seed", &SEED.to_string()])
-            .args(&opts.sim_args)
-            .env_clear()
-            .envs(base_env())
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(log_file(&dir.join("sim.log"))?)
-            .stderr(log_file(&dir.join("sim.err"))?);
-        let sim = Proc::spawn("upstream-sim", &mut cmd)?;
-        let sim_base = format!("http://127.0.0.1:{sim_port}");
-        wait_http(&http, &format!("{sim_base}/control/calls"), "upstream-sim").await?;
-
-        let svc_port = free_port()?;
-        let svc_log = dir.join("service.log");
-        let svc_err = dir.join("service.err");
-        let mut cmd = Command::new(ctx.bins.join("resilient-qa"));
-        cmd.current_dir(&ctx.root)
-            .env_clear()
-            .envs(base_env())
-            .env("LISTEN_ADDR", format!("127.0.0.1:{svc_port}"))
-            .env("REDIS_URL", redis.url())
-            .env("OPENAI_BASE_URL", format!("{sim_base}/v1"))
-            .env("LOG_FORMAT", "json")
-            .env("RUST_LOG", "warn")
-            .env("QA__SERVER__REQUEST_TIMEOUT_MS", DEADLINE_MS.to_string())
-            .env("QA__SERVER__SHUTDOWN_GRACE_SECS", GRACE_SECS.to_string())
-            .env("QA__BREAKER__OPEN_MS", OPEN_MS.to_string())
-            .env(
-                "QA__PRIMARY__ATTEMPT_TIMEOUT_MS",
-                ATTEMPT_TIMEOUT_MS.to_string(),
-            )
-            .env(
-                "QA__SECONDARY__ATTEMPT_TIMEOUT_MS",
-                ATTEMPT_TIMEOUT_MS.to_string(),
-            )
-            .envs(opts.env.iter().map(|(k, v)| (*k, v.as_str())))
-            .stdin(Stdio::null())
-            .stdout(log_file(&svc_log)?)
-            .stderr(log_file(&svc_err)?);
-        let mut svc = Proc::spawn("resilient-qa", &mut cmd)?;
-        let svc_base = format!("http://127.0.0.1:{svc_port}");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(r) = http.get(format!("{svc_base}/healthz")).send().await
-                && r.status().is_success()
-            {
-                break;
-            }
-            if let Some(status) = svc.try_wait() {
-                return Err(format!(
-                    "resilient-qa exited at start ({status}): {}",
-                    [tail(&svc_err, 5), tail(&svc_log, 5)].join(" ").trim()
-                ));
-            }
-            if Instant::now() > deadline {
-                return Err("resilient-qa did not answer /healthz within 20 s".into());
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        let (sim, sim_base) = start_sim(ctx, &dir, &opts, &http).await?;
+        let mut env = vec![("REDIS_URL", redis.url())];
+        env.extend(opts.env);
+        let svc = Service::start(ctx, &dir, "service", &sim_base, &env, &http).await?;
         Ok(World {
             redis,
             _sim: sim,
             sim_base,
-            svc,
-            svc_base,
-            svc_log,
-            svc_err,
+            svc: svc.proc,
+            svc_base: svc.base,
+            svc_log: svc.log,
+            svc_err: svc.err,
             http,
         })
+    }
+
+    /// Where the clients post, and what the monitor samples.
+    fn target(&self) -> Target {
+        Target {
+            http: self.http.clone(),
+            ask_url: format!("{}/ask", self.svc_base),
+            sim_base: self.sim_base.clone(),
+            metrics: vec![self.svc_base.clone()],
+        }
     }
 
     /// Replaces a model's behaviour in the simulator.
@@ -465,41 +610,164 @@ impl World {
     /// WARN/ERROR lines of the service by message (the most frequent first) and panics,
     /// for the notes.
     fn log_summary(&self) -> String {
-        let out = std::fs::read_to_string(&self.svc_log).unwrap_or_default();
-        let err = std::fs::read_to_string(&self.svc_err).unwrap_or_default();
-        let mut by: BTreeMap<(String, String), usize> = BTreeMap::new();
-        for line in out.lines() {
-            let Ok(v) = serde_json::from_str::<Value>(line) else {
-                continue;
-            };
-            let level = v["level"].as_str().unwrap_or("?");
-            if level == "WARN" || level == "ERROR" {
-                let msg = v["message"].as_str().unwrap_or("?").to_owned();
-                *by.entry((level.to_owned(), msg)).or_default() += 1;
-            }
-        }
-        let mut top: Vec<_> = by.into_iter().collect();
-        top.sort_by_key(|entry| std::cmp::Reverse(entry.1));
-        let panics = out.matches("panicked").count() + err.matches("panicked").count();
-        let listed: Vec<String> = top
-            .iter()
-            .take(4)
-            .map(|((level, msg), n)| format!("{n}× {level} \"{msg}\""))
-            .collect();
-        format!(
-            "service log: {}{}; {panics} panics",
-            if listed.is_empty() {
-                "no WARN/ERROR lines".to_owned()
-            } else {
-                listed.join(", ")
-            },
-            if top.len() > 4 {
-                format!(" (+{} other messages)", top.len() - 4)
-            } else {
-                String::new()
-            }
-        )
+        log_summary(&self.svc_log, &self.svc_err)
     }
+}
+
+/// The scenario's folder of logs (and config files).
+fn scenario_dir(ctx: &Ctx, sc: Scenario) -> Result<PathBuf, String> {
+    let dir = ctx.tmp.join(sc.name());
+    std::fs::create_dir_all(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
+    Ok(dir)
+}
+
+/// The runner's own client for the control and metrics endpoints.
+fn control_client() -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(3))
+        .build()
+        .map_err(|e| format!("http client: {e}"))
+}
+
+/// The release `upstream-sim` on a free port: its process and base URL.
+async fn start_sim(
+    ctx: &Ctx,
+    dir: &Path,
+    opts: &WorldOpts,
+    http: &reqwest::Client,
+) -> Result<(Proc, String), String> {
+    let sim_port = free_port()?;
+    let mut cmd = Command::new(ctx.bins.join("upstream-sim"));
+    cmd.args(["--listen", &format!("127.0.0.1:{sim_port}")])
+        .args(["--latency-ms", &opts.sim_latency_ms.to_string()])
+        .args(["--seed", &SEED.to_string()])
+        .args(&opts.sim_args)
+        .env_clear()
+        .envs(base_env())
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(log_file(&dir.join("sim.log"))?)
+        .stderr(log_file(&dir.join("sim.err"))?);
+    let sim = Proc::spawn("upstream-sim", &mut cmd)?;
+    let sim_base = format!("http://127.0.0.1:{sim_port}");
+    wait_http(http, &format!("{sim_base}/control/calls"), "upstream-sim").await?;
+    Ok((sim, sim_base))
+}
+
+/// One release `resilient-qa` process on a free port.
+struct Service {
+    proc: Proc,
+    base: String,
+    log: PathBuf,
+    err: PathBuf,
+}
+
+impl Service {
+    /// Starts `resilient-qa` (logs `NAME.log` / `NAME.err` in `dir`) over the simulator,
+    /// with the suite's settings and `env` (which names its Redis: `REDIS_URL`, or the
+    /// `QA__REDIS__*` keys), and waits for `/healthz`.
+    async fn start(
+        ctx: &Ctx,
+        dir: &Path,
+        name: &str,
+        sim_base: &str,
+        env: &[(&'static str, String)],
+        http: &reqwest::Client,
+    ) -> Result<Service, String> {
+        let port = free_port()?;
+        let log = dir.join(format!("{name}.log"));
+        let err = dir.join(format!("{name}.err"));
+        let mut cmd = Command::new(ctx.bins.join("resilient-qa"));
+        cmd.current_dir(&ctx.root)
+            .env_clear()
+            .envs(base_env())
+            .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
+            .env("OPENAI_BASE_URL", format!("{sim_base}/v1"))
+            .env("LOG_FORMAT", "json")
+            .env("RUST_LOG", "warn")
+            .env("QA__SERVER__REQUEST_TIMEOUT_MS", DEADLINE_MS.to_string())
+            .env("QA__SERVER__SHUTDOWN_GRACE_SECS", GRACE_SECS.to_string())
+            .env("QA__BREAKER__OPEN_MS", OPEN_MS.to_string())
+            .env(
+                "QA__PRIMARY__ATTEMPT_TIMEOUT_MS",
+                ATTEMPT_TIMEOUT_MS.to_string(),
+            )
+            .env(
+                "QA__SECONDARY__ATTEMPT_TIMEOUT_MS",
+                ATTEMPT_TIMEOUT_MS.to_string(),
+            )
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(log_file(&log)?)
+            .stderr(log_file(&err)?);
+        let mut proc = Proc::spawn("resilient-qa", &mut cmd)?;
+        let base = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(r) = http.get(format!("{base}/healthz")).send().await
+                && r.status().is_success()
+            {
+                break;
+            }
+            if let Some(status) = proc.try_wait() {
+                return Err(format!(
+                    "resilient-qa ({name}) exited at start ({status}): {}",
+                    [tail(&err, 5), tail(&log, 5)].join(" ").trim()
+                ));
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "resilient-qa ({name}) did not answer /healthz within 20 s"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        Ok(Service {
+            proc,
+            base,
+            log,
+            err,
+        })
+    }
+}
+
+/// WARN/ERROR lines of a service's log by message (the most frequent first) and panics.
+fn log_summary(log: &Path, err: &Path) -> String {
+    let out = std::fs::read_to_string(log).unwrap_or_default();
+    let err = std::fs::read_to_string(err).unwrap_or_default();
+    let mut by: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for line in out.lines() {
+        let Ok(v) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        let level = v["level"].as_str().unwrap_or("?");
+        if level == "WARN" || level == "ERROR" {
+            let msg = v["message"].as_str().unwrap_or("?").to_owned();
+            *by.entry((level.to_owned(), msg)).or_default() += 1;
+        }
+    }
+    let mut top: Vec<_> = by.into_iter().collect();
+    top.sort_by_key(|entry| std::cmp::Reverse(entry.1));
+    let panics = out.matches("panicked").count() + err.matches("panicked").count();
+    let listed: Vec<String> = top
+        .iter()
+        .take(4)
+        .map(|((level, msg), n)| format!("{n}× {level} \"{msg}\""))
+        .collect();
+    format!(
+        "service log: {}{}; {panics} panics",
+        if listed.is_empty() {
+            "no WARN/ERROR lines".to_owned()
+        } else {
+            listed.join(", ")
+        },
+        if top.len() > 4 {
+            format!(" (+{} other messages)", top.len() - 4)
+        } else {
+            String::new()
+        }
+    )
 }
 
 /// The environment children get: nothing inherited but the basics, so a stray
@@ -528,6 +796,197 @@ fn tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Debian's HAProxy (`/usr/sbin`, which a normal user's PATH may lack), or one on PATH.
+fn haproxy_binary() -> Option<PathBuf> {
+    let on_path = std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .unwrap_or_default();
+    ["/usr/sbin", "/usr/local/sbin"]
+        .iter()
+        .map(PathBuf::from)
+        .chain(on_path)
+        .map(|dir| dir.join("haproxy"))
+        .find(|p| p.is_file())
+}
+
+/// A real HAProxy in front of the replicas, with the shipped settings of
+/// `config/haproxy/haproxy.cfg` (round robin, `retries 3`, `option redispatch`,
+/// `retry-on conn-failure empty-response`, `option httpchk GET /readyz`) on the scenario's
+/// addresses, faster checks (`inter 500ms fall 1 rise 2`), `X-Served-By` naming the
+/// replica that answered, and a CSV stats page.
+struct Balancer {
+    /// Held for its `Drop`.
+    _proc: Proc,
+    base: String,
+    stats_url: String,
+}
+
+/// One server as HAProxy's stats see it.
+struct ServerState {
+    /// `UP`, `DOWN`, `UP 1/2`, …
+    status: String,
+    /// Requests HAProxy sent it, tried on it or took away from it: `stot` + `econ` +
+    /// `wretr` + `wredis`.
+    routed: u64,
+}
+
+impl Balancer {
+    /// Starts HAProxy over `servers` (`(name, "127.0.0.1:PORT")`) and waits until each of
+    /// them has answered through it.
+    async fn start(
+        dir: &Path,
+        servers: &[(String, String)],
+        http: &reqwest::Client,
+    ) -> Result<Balancer, String> {
+        let bin = haproxy_binary().ok_or(
+            "haproxy not found (looked in /usr/sbin, /usr/local/sbin and PATH): \
+             install it with `scripts/install-deps.sh haproxy`",
+        )?;
+        let (front, stats) = (free_port()?, free_port()?);
+        let lines: String = servers
+            .iter()
+            .map(|(name, addr)| format!("    server {name} {addr}\n"))
+            .collect();
+        let cfg_text = format!(
+            "global\n    maxconn 4096\n\n\
+             defaults\n    mode http\n    retries 3\n    option redispatch\n\
+             \x20   retry-on conn-failure empty-response\n\
+             \x20   timeout connect 5s\n    timeout client 60s\n    timeout server 60s\n\
+             \x20   timeout http-request 10s\n    timeout http-keep-alive 10s\n\
+             \x20   timeout queue 10s\n    timeout check 2s\n\n\
+             frontend resilient_qa\n    bind 127.0.0.1:{front}\n\
+             \x20   default_backend resilient_qa_replicas\n\n\
+             frontend stats\n    bind 127.0.0.1:{stats}\n    stats enable\n    stats uri /stats\n\n\
+             backend resilient_qa_replicas\n    balance roundrobin\n\
+             \x20   option httpchk GET /readyz\n    http-check expect status 200\n\
+             \x20   http-response set-header X-Served-By %[srv_name]\n\
+             \x20   default-server inter 500ms fall 1 rise 2 check\n{lines}"
+        );
+        let cfg = dir.join("haproxy.cfg");
+        std::fs::write(&cfg, cfg_text).map_err(|e| format!("write {}: {e}", cfg.display()))?;
+        let check = Command::new(&bin)
+            .args(["-c", "-q", "-f"])
+            .arg(&cfg)
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
+        if !check.status.success() {
+            return Err(format!(
+                "haproxy -c refused {}: {}",
+                cfg.display(),
+                String::from_utf8_lossy(&check.stderr).trim()
+            ));
+        }
+        let log = dir.join("haproxy.log");
+        let mut cmd = Command::new(&bin);
+        cmd.args(["-db", "-f"])
+            .arg(&cfg)
+            .env_clear()
+            .envs(base_env())
+            .stdin(Stdio::null())
+            .stdout(log_file(&log)?)
+            .stderr(log_file(&dir.join("haproxy.err"))?);
+        let mut proc = Proc::spawn("haproxy", &mut cmd)?;
+        let base = format!("http://127.0.0.1:{front}");
+        let mut seen = std::collections::BTreeSet::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while seen.len() < servers.len() {
+            if let Ok(r) = http.get(format!("{base}/healthz")).send().await
+                && let Some(n) = served_by(r.headers())
+            {
+                seen.insert(n);
+            }
+            if let Some(status) = proc.try_wait() {
+                return Err(format!(
+                    "haproxy exited at start ({status}): {}",
+                    tail(&dir.join("haproxy.err"), 5)
+                ));
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "haproxy balanced over {} of {} replicas within 20 s",
+                    seen.len(),
+                    servers.len()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(Balancer {
+            _proc: proc,
+            base,
+            stats_url: format!("http://127.0.0.1:{stats}/stats;csv;norefresh"),
+        })
+    }
+
+    /// The server `name` of the backend, from the CSV stats.
+    async fn server(&self, http: &reqwest::Client, name: &str) -> Option<ServerState> {
+        let text = http
+            .get(&self.stats_url)
+            .timeout(Duration::from_secs(1))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        let mut lines = text.lines();
+        let header: Vec<&str> = lines.next()?.trim_start_matches("# ").split(',').collect();
+        let col = |field: &str| header.iter().position(|h| *h == field);
+        let (px, sv, status) = (col("pxname")?, col("svname")?, col("status")?);
+        let counters: Vec<usize> = ["stot", "econ", "wretr", "wredis"]
+            .iter()
+            .filter_map(|f| col(f))
+            .collect();
+        lines.find_map(|line| {
+            let f: Vec<&str> = line.split(',').collect();
+            if f.get(px) != Some(&"resilient_qa_replicas") || f.get(sv) != Some(&name) {
+                return None;
+            }
+            Some(ServerState {
+                status: f.get(status)?.to_string(),
+                routed: counters
+                    .iter()
+                    .filter_map(|i| f.get(*i)?.parse::<u64>().ok())
+                    .sum(),
+            })
+        })
+    }
+}
+
+/// Calls the simulator has received, both models together.
+async fn sim_calls(http: &reqwest::Client, sim_base: &str) -> Option<u64> {
+    let calls: BTreeMap<String, u64> = http
+        .get(format!("{sim_base}/control/calls"))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    Some(calls.get(PRIMARY).copied().unwrap_or(0) + calls.get(SECONDARY).copied().unwrap_or(0))
+}
+
+/// Redis-layer cache hits a service has counted (`qa_cache_lookups_total{layer="redis",
+/// result="hit"}`); 0 before the first.
+async fn redis_hits(http: &reqwest::Client, svc_base: &str) -> Option<f64> {
+    let text = http
+        .get(format!("{svc_base}/metrics"))
+        .timeout(Duration::from_secs(1))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    Some(
+        metric_sum(
+            &text,
+            "qa_cache_lookups_total",
+            &[("layer", "redis"), ("result", "hit")],
+        )
+        .unwrap_or(0.0),
+    )
 }
 
 // ---------------------------------------------------------------------------------------
@@ -592,13 +1051,16 @@ enum Outcome {
     Transport(Transport),
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Rec {
     /// Seconds since the load started.
     start: f64,
     end: f64,
     outcome: Outcome,
     burst: bool,
+    question: Arc<str>,
+    /// The replica that answered, from the load balancer's `X-Served-By: rN` (`N`).
+    replica: Option<u8>,
     /// What a streamed request saw (`None` for a one-shot request, or a stream refused
     /// with a JSON error before any event).
     stream: Option<StreamRec>,
@@ -656,8 +1118,20 @@ fn classify_error(e: &reqwest::Error) -> Transport {
     }
 }
 
+/// The replica named by the load balancer's `X-Served-By: rN` header: `N`.
+fn served_by(headers: &reqwest::header::HeaderMap) -> Option<u8> {
+    headers
+        .get("x-served-by")?
+        .to_str()
+        .ok()?
+        .strip_prefix('r')?
+        .parse()
+        .ok()
+}
+
 async fn ask(client: &reqwest::Client, url: &str, question: &str, t0: Instant, burst: bool) -> Rec {
     let start = secs(t0);
+    let mut replica = None;
     let outcome = match client
         .post(url)
         .json(&json!({ "question": question }))
@@ -668,6 +1142,7 @@ async fn ask(client: &reqwest::Client, url: &str, question: &str, t0: Instant, b
         Ok(resp) => {
             let status = resp.status().as_u16();
             let retry_after = resp.headers().contains_key("retry-after");
+            replica = served_by(resp.headers());
             match resp.bytes().await {
                 Err(e) => Outcome::Transport(classify_error(&e)),
                 Ok(body) => {
@@ -693,6 +1168,8 @@ async fn ask(client: &reqwest::Client, url: &str, question: &str, t0: Instant, b
         end: secs(t0),
         outcome,
         burst,
+        question: Arc::from(question),
+        replica,
         stream: None,
     }
 }
@@ -809,6 +1286,7 @@ async fn ask_stream(
     let start = secs(t0);
     let sent = Instant::now();
     let mut stream = None;
+    let mut replica = None;
     let outcome = match client
         .post(url)
         .header("accept", "text/event-stream")
@@ -820,6 +1298,7 @@ async fn ask_stream(
         Ok(resp) => {
             let status = resp.status().as_u16();
             let retry_after = resp.headers().contains_key("retry-after");
+            replica = served_by(resp.headers());
             let is_stream = resp
                 .headers()
                 .get("content-type")
@@ -911,6 +1390,8 @@ async fn ask_stream(
         end: secs(t0),
         outcome,
         burst: false,
+        question: Arc::from(question),
+        replica,
         stream,
     }
 }
@@ -941,17 +1422,29 @@ fn load_client() -> Result<reqwest::Client, String> {
         .map_err(|e| format!("http client: {e}"))
 }
 
-/// One looping client: ~80% unique questions, ~20% from the hot set.
+/// What the looping clients ask, and how.
+#[derive(Clone, Default)]
+struct ClientOpts {
+    /// Server-sent events, each stream checked against the simulator's answers.
+    stream: Option<Arc<Expect>>,
+    /// Clients `0..n`, `n..2n`, … form groups that make the same draws and so ask the same
+    /// new questions in the same order, at about the same time (0 or 1: each on its own).
+    group: usize,
+}
+
+/// One looping client: ~80% new questions, ~20% from the hot set.
 async fn client_loop(
     id: usize,
     url: String,
     tag: String,
     t0: Instant,
     stop: Arc<AtomicBool>,
-    stream: Option<Arc<Expect>>,
+    opts: ClientOpts,
 ) -> Result<Vec<Rec>, String> {
     let client = load_client()?;
-    let mut rng = fastrand::Rng::with_seed(SEED.wrapping_mul(1000) + id as u64);
+    let group = (opts.group > 1).then(|| id / opts.group);
+    let seed = group.unwrap_or(id) as u64;
+    let mut rng = fastrand::Rng::with_seed(SEED.wrapping_mul(1000) + seed);
     let mut recs = Vec::with_capacity(4096);
     let mut n = 0u64;
     while !stop.load(Ordering::Relaxed) {
@@ -959,12 +1452,16 @@ async fn client_loop(
             HOT[rng.usize(..HOT.len())].to_owned()
         } else {
             n += 1;
+            let asker = match group {
+                Some(g) => format!("group {g}"),
+                None => format!("client {id}"),
+            };
             format!(
-                "[{tag}] client {id} question {n}: what is the status of order #{}?",
+                "[{tag}] {asker} question {n}: what is the status of order #{}?",
                 rng.u32(100_000..1_000_000)
             )
         };
-        let rec = match &stream {
+        let rec = match &opts.stream {
             Some(expect) => ask_stream(&client, &url, &question, t0, expect).await,
             None => ask(&client, &url, &question, t0, false).await,
         };
@@ -1053,10 +1550,13 @@ struct Sample {
     redis_circuit: Option<f64>,
 }
 
+/// Samples the simulator and the `/metrics` of every service in `metrics` (their
+/// counters summed, their circuits' highest state; a service that does not answer
+/// counts for nothing).
 async fn monitor(
     http: reqwest::Client,
     sim_base: String,
-    svc_base: String,
+    metrics: Vec<String>,
     t0: Instant,
     stop: Arc<AtomicBool>,
 ) -> Vec<Sample> {
@@ -1075,30 +1575,39 @@ async fn monitor(
                 .ok()?;
             r.json::<BTreeMap<String, u64>>().await.ok()
         };
-        let metrics = async {
-            let r = http
-                .get(format!("{svc_base}/metrics"))
-                .timeout(Duration::from_secs(1))
-                .send()
-                .await
-                .ok()?;
-            r.text().await.ok()
-        };
-        let (calls, metrics) = tokio::join!(calls, metrics);
+        let texts = futures_util::future::join_all(metrics.iter().map(|base| {
+            let http = &http;
+            async move {
+                let r = http
+                    .get(format!("{base}/metrics"))
+                    .timeout(Duration::from_secs(1))
+                    .send()
+                    .await
+                    .ok()?;
+                r.text().await.ok()
+            }
+        }));
+        let (calls, texts) = tokio::join!(calls, texts);
         let t = (before + secs(t0)) / 2.0;
-        let metrics = metrics.unwrap_or_default();
+        let texts: Vec<String> = texts.into_iter().flatten().collect();
+        let over = |name: &str, labels: &[(&str, &str)], fold: fn(f64, f64) -> f64| {
+            texts
+                .iter()
+                .filter_map(|text| metric_sum(text, name, labels))
+                .reduce(fold)
+        };
         samples.push(Sample {
             t,
             calls: calls.as_ref().map(|c| {
                 c.get(PRIMARY).copied().unwrap_or(0) + c.get(SECONDARY).copied().unwrap_or(0)
             }),
-            redis_hits: metric_sum(
-                &metrics,
+            redis_hits: over(
                 "qa_cache_lookups_total",
                 &[("layer", "redis"), ("result", "hit")],
+                |a, b| a + b,
             ),
-            primary_circuit: metric_sum(&metrics, "qa_circuit_state", &[("dependency", "primary")]),
-            redis_circuit: metric_sum(&metrics, "qa_circuit_state", &[("dependency", "redis")]),
+            primary_circuit: over("qa_circuit_state", &[("dependency", "primary")], f64::max),
+            redis_circuit: over("qa_circuit_state", &[("dependency", "redis")], f64::max),
         });
     }
     samples
@@ -1201,6 +1710,15 @@ struct Data {
     samples: Vec<Sample>,
 }
 
+/// Where a load goes: the URL the clients post to, and what the monitor samples.
+struct Target {
+    http: reqwest::Client,
+    ask_url: String,
+    sim_base: String,
+    /// Base URLs of the services whose `/metrics` the monitor reads.
+    metrics: Vec<String>,
+}
+
 impl Load {
     fn start(world: &World, sc: Scenario) -> Load {
         Load::start_with(world, sc, None)
@@ -1208,9 +1726,17 @@ impl Load {
 
     /// With `stream`, the clients ask for server-sent events and check every answer.
     fn start_with(world: &World, sc: Scenario, stream: Option<Arc<Expect>>) -> Load {
+        let opts = ClientOpts {
+            stream,
+            ..ClientOpts::default()
+        };
+        Load::start_on(world.target(), sc, opts)
+    }
+
+    fn start_on(target: Target, sc: Scenario, opts: ClientOpts) -> Load {
         let t0 = Instant::now();
         let stop = Arc::new(AtomicBool::new(false));
-        let url = format!("{}/ask", world.svc_base);
+        let url = target.ask_url;
         let tag = format!("{}-{}", sc.name(), unix_secs());
         let clients = (0..CLIENTS)
             .map(|id| {
@@ -1220,14 +1746,14 @@ impl Load {
                     tag.clone(),
                     t0,
                     stop.clone(),
-                    stream.clone(),
+                    opts.clone(),
                 ))
             })
             .collect();
         let monitor = tokio::spawn(monitor(
-            world.http.clone(),
-            world.sim_base.clone(),
-            world.svc_base.clone(),
+            target.http,
+            target.sim_base,
+            target.metrics,
             t0,
             stop.clone(),
         ));
@@ -1510,11 +2036,12 @@ fn common(report: &mut Report, recs: &[Rec], verdict: impl Fn(&Rec) -> Verdict, 
     report.p99 = percentile(&lat, 0.99);
     report.max = lat.last().copied();
 
-    let bad_5xx = if overload_ok {
-        report.s5xx - report.overloaded
-    } else {
-        report.s5xx
-    };
+    // A 5xx the scenario excuses (an `overloaded` in the burst, a request in flight on a
+    // replica killed under it) is not held against it.
+    let bad_5xx = recs
+        .iter()
+        .filter(|r| r.is_5xx() && verdict(r) != Verdict::Excused)
+        .count();
     report.checks.push(check(
         if overload_ok {
             "no 5xx but overloaded"
@@ -1532,7 +2059,7 @@ fn common(report: &mut Report, recs: &[Rec], verdict: impl Fn(&Rec) -> Verdict, 
             Outcome::Status(s) => format!("HTTP {s}"),
             Outcome::Overloaded { .. } => "HTTP 503 overloaded".into(),
             Outcome::BadAnswer => "200 without an answer".into(),
-            Outcome::Answered(_) => "answered".into(),
+            Outcome::Answered(s) => format!("{} answer", s.name()),
         };
         *kinds.entry(k).or_default() += 1;
     }
@@ -1654,6 +2181,8 @@ async fn run_scenario(ctx: &Ctx, sc: Scenario) -> Report {
         Scenario::Burst => burst_scenario(ctx).await,
         Scenario::Sigterm => sigterm(ctx).await,
         Scenario::StreamCut | Scenario::StreamHang => stream_fault(ctx, sc).await,
+        Scenario::ReplicaKilled => replica_killed(ctx).await,
+        Scenario::RedisFailover => redis_failover(ctx).await,
     };
     let mut report = result.unwrap_or_else(|e| Report::failed(sc.name(), e));
     report.name = sc.name();
@@ -2402,6 +2931,453 @@ async fn stream_fault(ctx: &Ctx, sc: Scenario) -> Result<Report, String> {
     Ok(r)
 }
 
+/// The `result` label of `qa_question_leases_total`.
+const LEASE_RESULTS: [&str; 6] = [
+    "led",
+    "followed",
+    "took_over",
+    "models_gave_up",
+    "deadline",
+    "unavailable",
+];
+
+/// Multi-replica scenarios: what a client counts as an error, a non-200 or a `default`
+/// answer (the service had nothing better to say).
+fn is_client_error(r: &Rec) -> bool {
+    !matches!(r.source(), Some(s) if s != Source::Default)
+}
+
+/// `cache.key_prefix` of `config/default.toml`, which the services run with.
+fn cache_prefix(root: &Path) -> Result<String, String> {
+    let file = root.join("config/default.toml");
+    resilient_qa::config::Config::load(Some(&file), &std::collections::HashMap::new())
+        .map(|c| c.cache.key_prefix)
+        .map_err(|e| format!("cannot read {}: {e}", file.display()))
+}
+
+/// Answers per replica (`rN n`), for the notes.
+fn per_replica<'a>(recs: impl Iterator<Item = &'a Rec>) -> String {
+    let mut by: BTreeMap<u8, usize> = BTreeMap::new();
+    for r in recs.filter(|r| r.source().is_some()) {
+        if let Some(n) = r.replica {
+            *by.entry(n).or_default() += 1;
+        }
+    }
+    by.iter()
+        .map(|(n, count)| format!("r{n} {count}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Three replicas sharing one Redis behind a real HAProxy; clients in groups of
+/// [`QUESTION_GROUP`] ask the same new questions at once (and the hot set); one replica is
+/// killed (`kill -9`) mid-run.
+async fn replica_killed(ctx: &Ctx) -> Result<Report, String> {
+    use resilient_qa::pipeline::normalize::{cache_key, normalize};
+    use std::collections::BTreeSet;
+    let sc = Scenario::ReplicaKilled;
+    let (warm, _, after) = sc.phases(ctx.quick);
+    let prefix = cache_prefix(&ctx.root)?;
+    let dir = scenario_dir(ctx, sc)?;
+    let http = control_client()?;
+    let redis = Redis::start(&dir).await?;
+    let (_sim, sim_base) = start_sim(ctx, &dir, &default_opts(), &http).await?;
+    let mut replicas = Vec::with_capacity(REPLICAS);
+    for i in 1..=REPLICAS {
+        let env = [("REDIS_URL", redis.url())];
+        replicas.push(Service::start(ctx, &dir, &format!("r{i}"), &sim_base, &env, &http).await?);
+    }
+    let servers: Vec<(String, String)> = replicas
+        .iter()
+        .enumerate()
+        .map(|(i, svc)| {
+            let addr = svc.base.trim_start_matches("http://").to_owned();
+            (format!("r{}", i + 1), addr)
+        })
+        .collect();
+    let balancer = Balancer::start(&dir, &servers, &http).await?;
+    let victim = format!("r{KILLED_REPLICA}");
+    let target = Target {
+        http: http.clone(),
+        ask_url: format!("{}/ask", balancer.base),
+        sim_base: sim_base.clone(),
+        metrics: replicas.iter().map(|svc| svc.base.clone()).collect(),
+    };
+    let opts = ClientOpts {
+        stream: None,
+        group: QUESTION_GROUP,
+    };
+    let load = Load::start_on(target, sc, opts);
+    load.sleep_to(warm).await;
+    let routed_before = balancer.server(&http, &victim).await.map(|s| s.routed);
+    let t_kill = load.now();
+    if let Some(svc) = replicas.get_mut(usize::from(KILLED_REPLICA) - 1) {
+        svc.proc.kill();
+    }
+    // HAProxy's view of the dead replica, polled until its check marks it down: when, and
+    // how many requests it had been sent by then.
+    let mut marked_down = None;
+    while load.now() < t_kill + 5.0 {
+        if let Some(state) = balancer.server(&http, &victim).await
+            && state.status.starts_with("DOWN")
+        {
+            marked_down = Some((load.now(), state.routed));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    load.sleep_to(t_kill + after).await;
+    let data = load.finish().await?;
+    let routed_at_end = balancer.server(&http, &victim).await.map(|s| s.routed);
+    let calls = sim_calls(&http, &sim_base).await;
+
+    // Every model answer a surviving replica gave is in Redis (the writes are queued:
+    // they get up to 5 s to land).
+    let key_of = |q: &str| cache_key(&prefix, &normalize(q));
+    let model_answers = |killed: bool| -> Vec<&Rec> {
+        data.recs
+            .iter()
+            .filter(|r| matches!(r.source(), Some(Source::Primary | Source::Secondary)))
+            .filter(|r| r.replica.is_some_and(|n| (n == KILLED_REPLICA) == killed))
+            .collect()
+    };
+    let (kept_answers, victim_answers) = (model_answers(false), model_answers(true));
+    let must_keep: BTreeSet<String> = kept_answers.iter().map(|r| key_of(&r.question)).collect();
+    let victim_keys: BTreeSet<String> =
+        victim_answers.iter().map(|r| key_of(&r.question)).collect();
+    let pattern = format!("{prefix}*");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let stored = loop {
+        let stored: BTreeSet<String> = redis_cmd::<Vec<String>>(redis.port, &["KEYS", &pattern])
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        if must_keep.is_subset(&stored) || Instant::now() > deadline {
+            break stored;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let lost = must_keep.difference(&stored).count();
+    // How the surviving replicas shared the new questions through their leases.
+    let mut leases: BTreeMap<&str, f64> = BTreeMap::new();
+    for svc in &replicas {
+        let Ok(resp) = http.get(format!("{}/metrics", svc.base)).send().await else {
+            continue;
+        };
+        let text = resp.text().await.unwrap_or_default();
+        for result in LEASE_RESULTS {
+            if let Some(v) = metric_sum(&text, "qa_question_leases_total", &[("result", result)]) {
+                *leases.entry(result).or_default() += v;
+            }
+        }
+    }
+    let log: Vec<String> = replicas
+        .iter()
+        .enumerate()
+        .map(|(i, svc)| format!("r{}: {}", i + 1, log_summary(&svc.log, &svc.err)))
+        .collect();
+    drop(balancer);
+    drop(replicas);
+
+    let mut r = Report::default();
+    let in_flight = |x: &Rec| x.start <= t_kill && x.end >= t_kill;
+    let verdict = |x: &Rec| {
+        if !is_client_error(x) {
+            Verdict::Answered
+        } else if in_flight(x) {
+            Verdict::Excused
+        } else {
+            Verdict::Failure
+        }
+    };
+    common(&mut r, &data.recs, verdict, false);
+    let flying: Vec<&Rec> = data.recs.iter().filter(|x| in_flight(x)).collect();
+    let flying_failed = flying.iter().filter(|x| is_client_error(x)).count();
+    let outside = data
+        .recs
+        .iter()
+        .filter(|x| is_client_error(x) && !in_flight(x))
+        .count();
+    r.checks.push(check(
+        "client errors only among requests in flight at the kill",
+        format!(
+            "{outside} outside them; {flying_failed} of the {} in flight at the kill failed",
+            flying.len()
+        ),
+        "0 outside",
+        outside == 0,
+    ));
+    let down_ms = marked_down.map(|(t, _)| (t - t_kill) * 1000.0);
+    let routed_after = marked_down
+        .zip(routed_at_end)
+        .map(|((_, at_down), at_end)| at_end.saturating_sub(at_down));
+    let answers_after = data
+        .recs
+        .iter()
+        .filter(|x| x.start >= t_kill && x.replica == Some(KILLED_REPLICA))
+        .count();
+    r.checks.push(check(
+        "dead replica out of rotation",
+        format!(
+            "{victim} seen DOWN in HAProxy's stats {} after the kill; then {} requests routed \
+             to it (stot+econ+wretr+wredis); {answers_after} answers from it after the kill",
+            fmt_ms(down_ms),
+            routed_after.map_or("?".into(), |n| n.to_string()),
+        ),
+        &format!("DOWN ≤ {TARGET_MARKED_DOWN_MS:.0} ms, then 0 routed"),
+        down_ms.is_some_and(|d| d <= TARGET_MARKED_DOWN_MS)
+            && routed_after == Some(0)
+            && answers_after == 0,
+    ));
+    let after_kill: Vec<&Rec> = data.recs.iter().filter(|x| x.start > t_kill).collect();
+    let lat = latencies(after_kill.iter().copied());
+    let p99_after = percentile(&lat, 0.99);
+    r.checks.push(check(
+        "p99 of the requests started after the kill",
+        format!(
+            "{} (p50 {}, max {}; {} requests)",
+            fmt_ms(p99_after),
+            fmt_ms(percentile(&lat, 0.5)),
+            fmt_ms(lat.last().copied()),
+            after_kill.len()
+        ),
+        &format!("≤ {TARGET_AFTER_KILL_P99_MS:.0} ms"),
+        p99_after.is_some_and(|p| p <= TARGET_AFTER_KILL_P99_MS),
+    ));
+    r.checks.push(check(
+        "no answer lost: surviving replicas' model answers in Redis",
+        format!(
+            "{lost} of {} questions missing ({} model answers from r1/r3; {} keys in Redis)",
+            must_keep.len(),
+            kept_answers.len(),
+            stored.len()
+        ),
+        "0 missing",
+        lost == 0 && !must_keep.is_empty(),
+    ));
+    // Upstream calls per distinct question: every question is new to the empty Redis
+    // once (the hot ones too); the groups' new questions are asked at once on several
+    // replicas, where only the lease keeps them to one call.
+    let distinct: BTreeSet<String> = data.recs.iter().map(|x| normalize(&x.question)).collect();
+    let hot_asked = HOT
+        .iter()
+        .filter(|h| distinct.contains(&normalize(h)))
+        .count();
+    let mut new_questions: BTreeMap<&str, (usize, BTreeSet<u8>)> = BTreeMap::new();
+    for x in data.recs.iter().filter(|x| !HOT.contains(&&*x.question)) {
+        let entry = new_questions.entry(&x.question).or_default();
+        entry.0 += 1;
+        entry.1.extend(x.replica);
+    }
+    let mean = |f: fn(&(usize, BTreeSet<u8>)) -> usize| {
+        new_questions.values().map(f).sum::<usize>() as f64 / new_questions.len().max(1) as f64
+    };
+    let per_question = calls
+        .filter(|_| !distinct.is_empty())
+        .map(|c| c as f64 / distinct.len() as f64);
+    r.checks.push(check(
+        "upstream calls per distinct question (3 replicas)",
+        format!(
+            "{} ({} calls / {} questions, {hot_asked} of them hot; a new question asked {:.1} \
+             times, on {:.1} replicas, on average)",
+            per_question.map_or("?".into(), |v| format!("{v:.3}")),
+            calls.map_or("?".into(), |c| c.to_string()),
+            distinct.len(),
+            mean(|q| q.0),
+            mean(|q| q.1.len()),
+        ),
+        &format!("≤ {TARGET_CALLS_PER_QUESTION}"),
+        per_question.is_some_and(|v| v <= TARGET_CALLS_PER_QUESTION),
+    ));
+    r.primary_share = primary_share(&data.recs, 0.0, f64::MAX).1;
+    let before: Vec<&Rec> = data.recs.iter().filter(|x| x.start < t_kill).collect();
+    r.notes.push(format!(
+        "{victim} killed at {t_kill:.1} s; answers per replica before the kill: {}; after it: {}; \
+         HAProxy had sent {victim} {} requests before the kill",
+        per_replica(before.iter().copied()),
+        per_replica(after_kill.iter().copied()),
+        routed_before.map_or("?".into(), |n| n.to_string()),
+    ));
+    let flying_lat = latencies(flying.iter().copied());
+    r.notes.push(format!(
+        "requests in flight at the kill: {}, answered in p50 {}, max {}; new questions by \
+         lease on r1/r3 (qa_question_leases_total): {}",
+        flying.len(),
+        fmt_ms(percentile(&flying_lat, 0.5)),
+        fmt_ms(flying_lat.last().copied()),
+        if leases.is_empty() {
+            "not exported".to_owned()
+        } else {
+            leases
+                .iter()
+                .map(|(k, v)| format!("{k} {v:.0}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    ));
+    r.notes.push(format!(
+        "{victim}'s own model answers: {} questions, {} of them in Redis (written before it died)",
+        victim_keys.len(),
+        victim_keys.intersection(&stored).count()
+    ));
+    r.notes.push(sources_note(
+        "answers after the kill",
+        after_kill.into_iter(),
+    ));
+    r.notes.push(sources_note("all answers", data.recs.iter()));
+    r.notes.extend(log);
+    Ok(r)
+}
+
+/// The service in Sentinel mode over a primary, a replica and three sentinels, memory
+/// cache off; the primary is killed (`kill -9`) mid-run and the sentinels fail over.
+async fn redis_failover(ctx: &Ctx) -> Result<Report, String> {
+    let sc = Scenario::RedisFailover;
+    let (warm, _, after) = sc.phases(ctx.quick);
+    let dir = scenario_dir(ctx, sc)?;
+    let http = control_client()?;
+    let (mut group, formed_in) = SentinelGroup::start(&dir).await?;
+    let (_sim, sim_base) = start_sim(ctx, &dir, &default_opts(), &http).await?;
+    let env = [
+        ("QA__REDIS__MODE", "sentinel".to_owned()),
+        ("QA__REDIS__URLS", group.urls()),
+        ("QA__REDIS__SENTINEL_MASTER", SENTINEL_MASTER.to_owned()),
+        // Every lookup is a Redis lookup: what Redis does shows in every answer.
+        ("QA__CACHE__MEMORY_MAX_ENTRIES", "0".to_owned()),
+    ];
+    let svc = Service::start(ctx, &dir, "service", &sim_base, &env, &http).await?;
+    let target = Target {
+        http: http.clone(),
+        ask_url: format!("{}/ask", svc.base),
+        sim_base,
+        metrics: vec![svc.base.clone()],
+    };
+    let load = Load::start_on(target, sc, ClientOpts::default());
+    load.sleep_to(warm).await;
+    let first = group.primary.port;
+    let t_kill = load.now();
+    group.primary.kill();
+    // The sentinels' failover: until one of them names another primary.
+    let mut promoted = None;
+    while load.now() < t_kill + 20.0 {
+        if let Some(port) = group.named_primary().await
+            && port != first
+        {
+            promoted = Some((load.now(), port));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Then until the service counts Redis hits again (at most 10.5 s), and on for the
+    // last phase (or 2 s past the first hits).
+    let from = promoted.map_or(t_kill, |(t, _)| t);
+    let base_hits = redis_hits(&http, &svc.base).await.unwrap_or(0.0);
+    let mut hits_seen = None;
+    while load.now() < from + TARGET_HITS_BACK_MS / 1000.0 + 0.5 {
+        if redis_hits(&http, &svc.base)
+            .await
+            .is_some_and(|h| h > base_hits)
+        {
+            hits_seen = Some(load.now());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    load.sleep_to((from + after).max(hits_seen.map_or(0.0, |t| t + 2.0)))
+        .await;
+    let data = load.finish().await?;
+    let log = log_summary(&svc.log, &svc.err);
+    drop(svc);
+    drop(group);
+
+    let mut r = Report::default();
+    let verdict = |x: &Rec| {
+        if is_client_error(x) {
+            Verdict::Failure
+        } else {
+            Verdict::Answered
+        }
+    };
+    common(&mut r, &data.recs, verdict, false);
+    let after_ms = |t: f64| fmt_ms(Some((t - t_kill) * 1000.0));
+    r.checks.push(check(
+        "the sentinels promote the replica",
+        match promoted {
+            Some((t, port)) => format!(
+                "new primary named {} after the kill (port {first} → {port})",
+                after_ms(t)
+            ),
+            None => "no new primary within 20 s".into(),
+        },
+        "promoted (time reported; down-after 1 s)",
+        promoted.is_some(),
+    ));
+    let hits_at = |t: f64, last: bool| {
+        let mut it = data
+            .samples
+            .iter()
+            .filter(|s| s.t >= t && s.redis_hits.is_some());
+        if last { it.next_back() } else { it.next() }.and_then(|s| s.redis_hits)
+    };
+    let before = hits_at(0.0, false)
+        .zip(hits_at(t_kill, false))
+        .map(|(a, b)| b - a);
+    r.checks.push(check(
+        "redis hits before the kill (sanity)",
+        before.map_or("not exported".into(), |d| format!("+{d:.0}")),
+        "> 0",
+        before.is_some_and(|d| d > 0.0),
+    ));
+    let hits_after = hits_at(from, false)
+        .zip(hits_at(from, true))
+        .map(|(a, b)| b - a);
+    r.recovery_ms = promoted.and_then(|(t, _)| recovery_after(&data.recs, t, Source::Cache));
+    r.checks.push(check(
+        "Redis cache hits again after the promotion",
+        format!(
+            "first \"cache\" answer {} after it; redis-layer hits +{} after it (first seen \
+             rising in /metrics {} after it)",
+            fmt_ms(r.recovery_ms),
+            hits_after.map_or("?".into(), |d| format!("{d:.0}")),
+            fmt_ms(hits_seen.map(|t| (t - from) * 1000.0)),
+        ),
+        &format!("≤ {TARGET_HITS_BACK_MS:.0} ms"),
+        promoted.is_some()
+            && r.recovery_ms.is_some_and(|v| v <= TARGET_HITS_BACK_MS)
+            && hits_after.is_some_and(|d| d > 0.0),
+    ));
+    // The failover's window: from the kill until cache answers come back.
+    let back = r.recovery_ms.map_or(f64::MAX, |ms| from + ms / 1000.0);
+    let window: Vec<&Rec> = data
+        .recs
+        .iter()
+        .filter(|x| in_window(x, t_kill, back))
+        .collect();
+    let lat = latencies(window.iter().copied());
+    r.primary_share = primary_share(&data.recs, t_kill, back).1;
+    r.notes.push(format!(
+        "Sentinel group formed in {formed_in:.1} s (replica in sync, each sentinel seeing 2 \
+         others); primary killed at {t_kill:.1} s; from the kill until hits came back: {} \
+         requests, p50 {}, p99 {}, max {}",
+        window.len(),
+        fmt_ms(percentile(&lat, 0.5)),
+        fmt_ms(percentile(&lat, 0.99)),
+        fmt_ms(lat.last().copied())
+    ));
+    r.notes.push(sources_note(
+        "answers from the kill until hits came back",
+        window.into_iter(),
+    ));
+    r.notes.push(format!(
+        "redis circuit from the kill until hits came back: {}",
+        max_circuit(&data.samples, t_kill, back, |s| s.redis_circuit)
+    ));
+    r.notes.push(sources_note("all answers", data.recs.iter()));
+    r.notes.push(log);
+    Ok(r)
+}
+
 const PRIMARY_TIER: &str = "primary";
 const SECONDARY_TIER: &str = "secondary";
 
@@ -2529,7 +3505,8 @@ fn git_rev(root: &Path) -> String {
 const METHOD: &str = "\
 ## What it does
 
-For each scenario the runner starts fresh processes on free `127.0.0.1` ports: a private
+For each scenario the runner starts fresh processes on free `127.0.0.1` ports (the
+multi-replica scenarios below start more of them): a private
 `redis-server --save \"\" --appendonly no`, the release `upstream-sim` (50 ms latency,
 seed 42) and the release `resilient-qa` (`LOG_FORMAT=json`, `RUST_LOG=warn`; its logs go to
 a temporary directory, kept and printed when a check fails). The service runs with
@@ -2553,6 +3530,8 @@ answers them). A monitor samples the simulator's `GET /control/calls` and the se
 | `sigterm` | `kill -TERM` the service under load; wait for it to exit (at most grace + 5 s) |
 | `stream_cut` | streaming clients (below); `{\"mix\":{\"cut\":0.3}}` on the primary for 14 s: 30% of its streams are cut after 4 pieces |
 | `stream_hang` | streaming clients; `{\"mix\":{\"stall_first\":0.5,\"hang\":0.5}}` on the primary for 10 s (headers then nothing, or nothing at all), then healed |
+| `replica_killed` | three services (`r1`–`r3`) sharing one Redis behind a real HAProxy (below); clients in groups of 5 ask the same new questions at once; `kill -9` `r2` after 4 s, 8 s more |
+| `redis_failover` | Sentinel mode (below), `QA__CACHE__MEMORY_MAX_ENTRIES=0`; `kill -9` the Redis primary after 4 s; the sentinels promote the replica; 8 s more from the promotion (up to 10.5 s, until hits are seen) |
 
 **Streaming scenarios.** The 50 clients send `Accept: text/event-stream` and read every
 event as it arrives. The simulator streams both models at a pace
@@ -2573,6 +3552,23 @@ sending the request to the first `delta` event, over the streams started in the 
 window (cache hits included; the notes give it over the whole run and for model answers
 alone). **continued** is the share of model answers, in the fault
 window, that `done` marks `continued`.
+
+**Multi-replica scenarios.** In `replica_killed` three `resilient-qa` processes share
+one `redis-server` and one simulator, behind Debian's HAProxy (`scripts/install-deps.sh
+haproxy`; the config is checked with `haproxy -c` first) run with the shipped settings of
+`config/haproxy/haproxy.cfg` (`balance roundrobin`, `retries 3`, `option redispatch`,
+`retry-on conn-failure empty-response`, `option httpchk GET /readyz`) on the run's
+addresses, with faster checks (`inter 500ms fall 1 rise 2`), `http-response set-header
+X-Served-By %[srv_name]` (so each answer names its replica) and a CSV stats page. The 50
+clients post to HAProxy; they form 10 groups of 5 that make the same draws, so a group asks
+each new question at about the same time, through different replicas: only the lease the
+replicas share in Redis keeps it to one upstream call. In `redis_failover` the service runs
+with `QA__REDIS__MODE=sentinel`, `QA__REDIS__URLS` = the three sentinels and
+`QA__REDIS__SENTINEL_MASTER=mymaster`, over a primary, one replica (`--replicaof`) and
+three sentinels (`redis-server CONF --sentinel`: `sentinel monitor mymaster 127.0.0.1 PORT
+2`, `down-after-milliseconds 1000`, `failover-timeout 10000`), started once the replica is
+in sync (`state=online`) and each sentinel sees the other two (`num-other-sentinels` 2).
+In both, a `default` answer counts as a client error, as a non-200 does.
 
 `--quick` shortens the phases (the heal phases stay ≥ `open_ms` + 3 s so recovery can be
 seen).
@@ -2598,6 +3594,20 @@ seen).
 - **recovery**: from just before the heal is sent (or Redis restarted) until the first
   answer with source `primary` (or `cache` for `redis_killed`) among requests started
   after it.
+- **replica_killed**: a client error (non-200 or `default`) is excused only for a request
+  in flight at the kill (started before it, ended after it); HAProxy's stats are polled
+  every 25 ms after the kill until they show the dead replica `DOWN`, and its counters
+  (`stot`+`econ`+`wretr`+`wredis`) must not move after that; every question a surviving
+  replica answered from a model (`primary`/`secondary`) must have its key
+  (`cache_key(cache.key_prefix, normalize(question))`) in Redis at the end (`KEYS`, up to
+  5 s for the queued writes); upstream calls per distinct question are the simulator's
+  calls to both models over the distinct questions asked (each is new to the empty Redis
+  once, the hot ones too).
+- **redis_failover**: the sentinels are asked every 50 ms after the kill
+  (`SENTINEL get-master-addr-by-name mymaster`) until they name another primary;
+  **recovery** is then from that promotion until the first `cache` answer among requests
+  started after it (with the memory layer off, a Redis hit); the redis-layer hit counter
+  in `/metrics` must rise after it too.
 - **circuit**: the highest `qa_circuit_state` the monitor saw in the window (0 closed,
   1 half-open, 2 open), in the notes.
 
@@ -2608,12 +3618,17 @@ p99 < 150 ms; primary 50% flaky → every request answered by a model, ≥ 85% b
 p99 < 1 s; healed → primary answers again within `breaker.open_ms` + 2 s; cache hits resume
 after Redis returns; `overloaded` returned at once (≤ 100 ms) with `Retry-After`, and the
 service serves again after the burst; SIGTERM → in-flight requests answered and exit code
-0 within the grace period.
+0 within the grace period; a replica killed behind HAProxy → client errors only among the
+requests in flight at the kill, the replica out of HAProxy's rotation within 1 s and sent
+nothing after, p99 of the requests started after the kill ≤ 1 s, no model answer of a
+surviving replica missing from Redis, ≤ 1.05 upstream calls per distinct question across
+the replicas; a Sentinel failover → 0 client errors and Redis hits again within 10 s of
+the promotion (the time from the kill to the promotion is reported).
 
 All the processes (load generator included) share one machine, so latency figures carry
 its CPU contention (and that of anything else running): compare runs on the same machine.
 Every child is killed when the runner exits, panics, or gets SIGINT/SIGTERM/SIGHUP; a
-`kill -9` of the runner itself would orphan them. The whole suite is bounded by 330 s.
+`kill -9` of the runner itself would orphan them. The whole suite is bounded by 420 s.
 ";
 
 fn write_doc(
@@ -2662,11 +3677,12 @@ usage: chaos [--quick] [--scenario NAME]... [--out PATH] [--keep-logs]
   --quick          shorter phases (about half the time)
   --scenario NAME  run only this scenario (repeatable, or comma-separated):
                    redis_killed, primary_down, primary_hang, primary_flaky, burst, sigterm,
-                   stream_cut, stream_hang
+                   stream_cut, stream_hang, replica_killed, redis_failover
   --out PATH       where to write the report (default docs/CHAOS.md)
   --keep-logs      keep the temporary directory of logs even when every check passed
 
-Needs redis-server on PATH and the release binaries (scripts/chaos.sh builds them).
+Needs redis-server on PATH, haproxy (replica_killed; scripts/install-deps.sh haproxy) and
+the release binaries (scripts/chaos.sh builds them).
 Exit code: 0 all checks passed, 1 a check failed, 2 bad usage or setup.
 ";
 
