@@ -217,10 +217,10 @@ impl SharedConnections {
     }
 }
 
-/// Takes a lease that is free or holds a finished leader's mark: `KEYS[1]` the lease,
-/// `ARGV[1]` the holder, `ARGV[2]` the time to live in ms, `ARGV[3]` and `ARGV[4]` the
-/// marks. Returns 1 if taken.
-const TAKE_LEASE: &str = r#"local v = redis.call("GET", KEYS[1]) if v == false or v == ARGV[3] or v == ARGV[4] then redis.call("SET", KEYS[1], ARGV[1], "PX", ARGV[2]) return 1 else return 0 end"#;
+/// Takes a lease that is free or holds the mark a finished leader leaves that frees it:
+/// `KEYS[1]` the lease, `ARGV[1]` the holder, `ARGV[2]` the time to live in ms, `ARGV[3]`
+/// the mark. Returns 1 if taken.
+const TAKE_LEASE: &str = r#"local v = redis.call("GET", KEYS[1]) if v == false or v == ARGV[3] then redis.call("SET", KEYS[1], ARGV[1], "PX", ARGV[2]) return 1 else return 0 end"#;
 
 /// Extends a lease if its holder still holds it: `KEYS[1]` the lease, `ARGV[1]` the
 /// holder, `ARGV[2]` the new time to live in milliseconds. Returns 1 if extended.
@@ -630,14 +630,14 @@ impl AnswerCache {
     }
 
     /// Takes the lease of `key` for `holder` for `ttl`, if nobody holds it or it only
-    /// holds one of the `marks` a finished leader leaves: `Ok(true)` when taken,
-    /// `Ok(false)` when a leader holds it.
+    /// holds the `takeable` mark a finished leader leaves: `Ok(true)` when taken,
+    /// `Ok(false)` when a leader (or another mark) holds it.
     pub async fn take_lease(
         &self,
         key: &str,
         holder: &str,
         ttl: Duration,
-        marks: [&str; 2],
+        takeable: &str,
     ) -> Result<bool, String> {
         let mut cmd = redis::cmd("EVAL");
         cmd.arg(TAKE_LEASE)
@@ -645,8 +645,7 @@ impl AnswerCache {
             .arg(Self::lease_key(key))
             .arg(holder)
             .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
-            .arg(marks[0])
-            .arg(marks[1]);
+            .arg(takeable);
         self.command::<i64>(cmd)
             .await
             .map(|taken| taken == 1)

@@ -108,12 +108,14 @@ impl Pipeline {
     async fn lead_or_follow_inner(self: &Arc<Self>, miss: &Miss, waited: Instant) -> Role {
         let holder = miss.request_id.clone();
         loop {
-            // A finished leader's mark is no lead to follow: only followers that waited
-            // on its walk read it.
-            let marks = [MODELS_GAVE_UP, ANSWERED];
+            // A leader whose models gave no answer leaves no lead to follow for a new
+            // request (only followers that waited on its walk read the mark). One that
+            // answered does: its answer is on its way to the cache, and a request that
+            // missed it by milliseconds follows (reads it there) instead of calling the
+            // models again; the mark lapses after ANSWERED_TTL if the write never lands.
             match self
                 .cache
-                .take_lease(&miss.key, &holder, LEASE_TTL, marks)
+                .take_lease(&miss.key, &holder, LEASE_TTL, MODELS_GAVE_UP)
                 .await
             {
                 Ok(true) => {

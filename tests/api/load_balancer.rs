@@ -91,7 +91,61 @@ async fn deploy(redis: &Redis, sim: &SimServer) -> Deployment {
         );
         replicas.last_mut().unwrap().0 = format!("r{i}:{port}");
     }
-    let front = free_port();
+    // HAProxy on a free port; started again on another if the port was taken meanwhile
+    // (by a test running beside this one) and it could not bind.
+    let mut started = None;
+    for _ in 0..3 {
+        let front = free_port();
+        let cfg = write_haproxy_config(front, &replicas);
+        let mut haproxy = Proc(Some(
+            Command::new(haproxy_binary())
+                .args(["-db", "-f"])
+                .arg(&cfg)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        ));
+        let base = format!("http://127.0.0.1:{front}");
+        // Up once every replica has answered through it.
+        let mut seen = BTreeSet::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while seen.len() < 3 && Instant::now() < deadline {
+            if haproxy
+                .0
+                .as_mut()
+                .is_some_and(|c| c.try_wait().ok().flatten().is_some())
+            {
+                break;
+            }
+            if let Ok(r) = client.get(format!("{base}/healthz")).send().await
+                && let Some(s) = r.headers().get("x-served-by")
+            {
+                seen.insert(s.to_str().unwrap_or("").to_string());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if seen.len() == 3 {
+            started = Some((haproxy, base, cfg));
+            break;
+        }
+        haproxy.kill();
+        let _ = std::fs::remove_file(&cfg);
+    }
+    let (haproxy, base, cfg) = started.expect("haproxy did not balance over the three replicas");
+    Deployment {
+        replicas,
+        _haproxy: haproxy,
+        base,
+        cfg,
+    }
+}
+
+/// Writes HAProxy's configuration for `replicas` behind `front`: the shipped
+/// configuration's balancing, retries and health check (config/haproxy/haproxy.cfg), with
+/// the test's addresses and faster checks than production needs; checked with
+/// `haproxy -c`.
+fn write_haproxy_config(front: u16, replicas: &[(String, Proc)]) -> std::path::PathBuf {
     let servers: String = replicas
         .iter()
         .map(|(name, _)| {
@@ -99,8 +153,6 @@ async fn deploy(redis: &Redis, sim: &SimServer) -> Deployment {
             format!("    server {n} 127.0.0.1:{port}\n")
         })
         .collect();
-    // The shipped configuration's balancing, retries and health check, with the test's
-    // addresses (and faster checks than production needs).
     let cfg_text = format!(
         "global\n    maxconn 4096\n\
          defaults\n    mode http\n    retries 3\n    option redispatch\n\
@@ -110,7 +162,7 @@ async fn deploy(redis: &Redis, sim: &SimServer) -> Deployment {
          backend be\n    balance roundrobin\n    option httpchk GET /readyz\n\
          \x20   http-check expect status 200\n\
          \x20   http-response set-header X-Served-By %[srv_name]\n\
-         \x20   default-server inter 500ms fall 1 rise 2 check\n{servers}"
+         \x20   default-server inter 500ms fall 2 rise 2 check\n{servers}"
     );
     let cfg = std::env::temp_dir().join(format!("qa-haproxy-{}-{front}.cfg", std::process::id()));
     std::fs::write(&cfg, cfg_text).unwrap();
@@ -120,32 +172,7 @@ async fn deploy(redis: &Redis, sim: &SimServer) -> Deployment {
         .status()
         .expect("haproxy not found: run scripts/install-deps.sh");
     assert!(check.success(), "haproxy -c refused the test configuration");
-    let haproxy = Command::new(haproxy_binary())
-        .args(["-db", "-f"])
-        .arg(&cfg)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{front}");
-    // Up once every replica has answered through it.
-    let mut seen = BTreeSet::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while seen.len() < 3 && Instant::now() < deadline {
-        if let Ok(r) = client.get(format!("{base}/healthz")).send().await
-            && let Some(s) = r.headers().get("x-served-by")
-        {
-            seen.insert(s.to_str().unwrap_or("").to_string());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(seen.len(), 3, "haproxy balanced over {seen:?} only");
-    Deployment {
-        replicas,
-        _haproxy: Proc(Some(haproxy)),
-        base,
-        cfg,
-    }
+    cfg
 }
 
 async fn ask(client: &reqwest::Client, base: &str, question: &str) -> (u16, String, String) {
@@ -167,7 +194,8 @@ async fn ask(client: &reqwest::Client, base: &str, question: &str) -> (u16, Stri
             let source = body["source"].as_str().unwrap_or("").to_string();
             (status, source, by)
         }
-        Err(_) => (0, String::new(), String::new()),
+        // No answer at all: the error, in place of the source, for the assertion message.
+        Err(e) => (0, format!("no answer: {e}"), String::new()),
     }
 }
 
@@ -211,8 +239,32 @@ async fn two_hundred_clients_asking_twenty_new_questions_through_haproxy_cause_o
     }
     assert_eq!(replicas.len(), 3, "answered by {replicas:?}");
     let calls = sim.calls("gpt-4o");
-    println!("haproxy + 3 replicas: 200 clients, 20 new questions: {calls} upstream calls");
-    assert!(calls <= 21, "{calls} upstream calls for 20 questions");
+    // What each replica's leases did, for the message.
+    let mut leases = Vec::new();
+    for (name, _) in &deployment.replicas {
+        let port = name.split_once(':').unwrap().1;
+        let text = client
+            .get(format!("http://127.0.0.1:{port}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let lines: Vec<String> = text
+            .lines()
+            .filter(|l| l.starts_with("qa_question_leases_total"))
+            .map(|l| l.trim_start_matches("qa_question_leases_total").to_string())
+            .collect();
+        leases.push(format!("{name}: {}", lines.join(" ")));
+    }
+    println!(
+        "haproxy + 3 replicas: 200 clients, 20 new questions: {calls} upstream calls; leases {leases:?}"
+    );
+    assert!(
+        calls <= 21,
+        "{calls} upstream calls for 20 questions; leases {leases:?}"
+    );
 }
 
 /// Clients asking new and repeated questions through the load balancer until `stop`:
