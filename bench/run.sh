@@ -82,6 +82,11 @@ fi
 
 echo "bench: cargo build --release --bins" >&2
 cargo build --release --bins --quiet
+if [[ $SCALE == 0 ]]; then
+    echo "bench: cargo build --release (bench/ceiling: the strict ceiling, lto thin, 1 codegen unit)" >&2
+    cargo build --release --quiet --manifest-path bench/ceiling/Cargo.toml \
+        --target-dir bench/ceiling/target
+fi
 
 export BENCH_COMMAND="bench/run.sh${1:+ $*}"
 if [[ $SCALE == 1 ]]; then
