@@ -34,6 +34,9 @@ static SCRIPT: Script = Script::new(CHARGE);
 /// How long a count read from Redis (or written to it) is used without reading it again.
 pub const FRESH_FOR: Duration = Duration::from_secs(1);
 
+/// How long a count read from Redis is kept in memory after it was read.
+pub const KEEP_LOCAL: Duration = Duration::from_secs(600);
+
 /// The calls left below which every check asks Redis: 1% of the budget, at least 10.
 pub fn margin(budget: u64) -> u64 {
     (budget / 100).max(10)
@@ -87,13 +90,56 @@ struct Count {
     from_redis: Option<Instant>,
 }
 
-/// The counts of today kept in memory, by client.
+/// The counts of today kept in memory, by client, and the walks each client has going
+/// on this instance (admitted, not charged yet).
 #[derive(Default)]
 pub struct Local {
     used: Mutex<HashMap<ClientId, Count>>,
+    pending: Mutex<HashMap<ClientId, u64>>,
+}
+
+/// One admitted walk of a client, counted in [`Local::pending`] until dropped (charged,
+/// or never walked: it shared another walk).
+pub struct Pending {
+    local: std::sync::Arc<Local>,
+    id: ClientId,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Ok(mut p) = self.local.pending.lock()
+            && let Some(n) = p.get_mut(&self.id)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                p.remove(&self.id);
+            }
+        }
+    }
 }
 
 impl Local {
+    /// The walks `id` has going on this instance, admitted and not charged yet: each may
+    /// still cost calls, so a check counts each as one call spent.
+    pub fn pending(&self, id: ClientId) -> u64 {
+        self.pending
+            .lock()
+            .ok()
+            .and_then(|p| p.get(&id).copied())
+            .unwrap_or(0)
+    }
+
+    /// Counts one more walk of `id` until the returned guard is dropped.
+    pub fn admit(self: &std::sync::Arc<Self>, id: ClientId) -> Pending {
+        if let Ok(mut p) = self.pending.lock() {
+            *p.entry(id).or_insert(0) += 1;
+        }
+        Pending {
+            local: self.clone(),
+            id,
+        }
+    }
+
     /// The calls `id` made on `day`, as last known.
     pub fn used(&self, id: ClientId, day: u64) -> u64 {
         self.get(id, day).map_or(0, |c| c.used)
@@ -112,7 +158,8 @@ impl Local {
     pub fn fresh(&self, id: ClientId, day: u64, budget: u64) -> Option<u64> {
         let c = self.get(id, day)?;
         let recent = c.from_redis?.elapsed() < FRESH_FOR;
-        (recent && budget.saturating_sub(c.used) > margin(budget)).then_some(c.used)
+        let spoken_for = c.used.saturating_add(self.pending(id));
+        (recent && budget.saturating_sub(spoken_for) > margin(budget)).then_some(c.used)
     }
 
     /// Sets the count of `id` on `day` to what Redis said.
@@ -148,10 +195,12 @@ impl Local {
         }
     }
 
-    /// Forgets the counts of days before `day`.
+    /// Forgets the counts of days before `day`, and counts Redis gave more than
+    /// [`KEEP_LOCAL`] ago (kept only to go on from while Redis is away), so that clients
+    /// that come and go (addresses) do not grow memory all day.
     pub fn tidy(&self, day: u64) {
         if let Ok(mut m) = self.used.lock() {
-            m.retain(|_, c| c.day >= day);
+            m.retain(|_, c| c.day >= day && c.from_redis.is_none_or(|t| t.elapsed() < KEEP_LOCAL));
             m.shrink_to_fit();
         }
     }

@@ -83,7 +83,7 @@ pub struct Limiter {
     prefix: String,
     local_rate: rate::Local,
     reservations: Arc<rate::Reservations>,
-    local_daily: daily::Local,
+    local_daily: Arc<daily::Local>,
 }
 
 impl Limiter {
@@ -107,7 +107,7 @@ impl Limiter {
             prefix: prefix.to_owned(),
             local_rate: rate::Local::default(),
             reservations: Arc::default(),
-            local_daily: daily::Local::default(),
+            local_daily: Arc::default(),
         }
     }
 
@@ -130,19 +130,19 @@ impl Limiter {
             }
             None => {
                 let fetch = wanted > 1 && self.reservations.claim_fetch(client.id);
+                // Ends the claim if this request goes away before Redis answers.
+                let claim = fetch.then(|| rate::FetchClaim::new(&self.reservations, client.id));
                 let asked = if fetch { wanted } else { 1 };
                 match rate::take_in_redis(&self.cache, &key(), limits, asked).await {
                     Ok((d, granted)) => {
                         let spent = u64::from(d.allowed);
                         self.reservations.keep(client.id, &d, granted, spent, fetch);
+                        if let Some(claim) = claim {
+                            claim.settled();
+                        }
                         (d, Store::Redis)
                     }
-                    Err(_) => {
-                        if fetch {
-                            self.reservations.fetch_failed(client.id);
-                        }
-                        (self.local_rate.check(client.id, limits), Store::Local)
-                    }
+                    Err(_) => (self.local_rate.check(client.id, limits), Store::Local),
                 }
             }
         };
@@ -196,7 +196,11 @@ impl Limiter {
                 Err(_) => (self.local_daily.used(client.id, day), Store::Local),
             },
         };
-        let remaining = budget.saturating_sub(used);
+        // Walks this instance admitted and has not charged yet count as a call each: a
+        // burst of new questions with one call left gets one walk, not one each.
+        let remaining = budget
+            .saturating_sub(used)
+            .saturating_sub(self.local_daily.pending(client.id));
         self.count(Limit::Daily, store, remaining > 0);
         if remaining == 0 {
             tracing::debug!(
@@ -207,6 +211,12 @@ impl Limiter {
             );
         }
         Some(DailyState { remaining, reset })
+    }
+
+    /// Counts one admitted walk of `client` as pending until the guard is dropped (after
+    /// its charge, or when it shared another walk and never walked).
+    pub fn admit(&self, client: &Client) -> daily::Pending {
+        self.local_daily.admit(client.id)
     }
 
     /// Adds `calls` upstream model calls to `client`'s count of today, in Redis, or in

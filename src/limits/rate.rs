@@ -156,6 +156,38 @@ struct Held {
     fetching: bool,
 }
 
+/// The claim of a batch trip ([`Reservations::claim_fetch`]) by a request: dropped
+/// unsettled (Redis could not say, or the request went away mid-trip), it ends the fetch,
+/// so that the next request may claim it again.
+pub struct FetchClaim<'a> {
+    reservations: &'a Reservations,
+    id: ClientId,
+    settled: bool,
+}
+
+impl<'a> FetchClaim<'a> {
+    pub fn new(reservations: &'a Reservations, id: ClientId) -> Self {
+        FetchClaim {
+            reservations,
+            id,
+            settled: false,
+        }
+    }
+
+    /// The trip's answer was kept (which ended the fetch).
+    pub fn settled(mut self) {
+        self.settled = true;
+    }
+}
+
+impl Drop for FetchClaim<'_> {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.reservations.fetch_failed(self.id);
+        }
+    }
+}
+
 /// A request decided from what the instance holds ([`Reservations::decide`]).
 pub struct Held1 {
     pub decision: RateDecision,
@@ -460,6 +492,18 @@ mod tests {
         assert!(!r.claim_fetch(id), "a single cell's trip does not end it");
         r.keep(id, &granted, 4, 1, true);
         assert!(r.claim_fetch(id));
+    }
+
+    #[test]
+    fn a_claim_dropped_unsettled_ends_the_fetch() {
+        let r = Reservations::default();
+        let id = ClientId([8; 16]);
+        assert!(r.claim_fetch(id));
+        drop(FetchClaim::new(&r, id));
+        assert!(
+            r.claim_fetch(id),
+            "the request went away: another may fetch"
+        );
     }
 
     #[test]

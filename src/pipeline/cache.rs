@@ -206,7 +206,16 @@ impl SharedConnections {
                 conn
             }
         };
+        // A command dropped before its answer (its caller's timeout fired: a node that
+        // vanished without closing the connection answers nothing) drops the connection
+        // too, so that the next command connects afresh (to the new primary, after a
+        // failover) instead of waiting on a dead peer until TCP gives up.
+        let mut unanswered = DropSlotUnlessAnswered {
+            slot,
+            answered: false,
+        };
         let result = f(conn).await.map_err(|e| RedisFailure::classify(&e));
+        unanswered.answered = true;
         if let Err(e) = &result
             && e.is_health_failure()
             && let Ok(mut s) = slot.write()
@@ -214,6 +223,22 @@ impl SharedConnections {
             *s = None;
         }
         result
+    }
+}
+
+/// Empties a connection slot when dropped before its command was answered.
+struct DropSlotUnlessAnswered<'a> {
+    slot: &'a RwLock<Option<Conn>>,
+    answered: bool,
+}
+
+impl Drop for DropSlotUnlessAnswered<'_> {
+    fn drop(&mut self) {
+        if !self.answered
+            && let Ok(mut s) = self.slot.write()
+        {
+            *s = None;
+        }
     }
 }
 

@@ -106,7 +106,9 @@ impl Pipeline {
     }
 
     async fn lead_or_follow_inner(self: &Arc<Self>, miss: &Miss, waited: Instant) -> Role {
-        let holder = miss.request_id.clone();
+        // The holder is the request id behind a prefix no mark has: a client's own
+        // X-Request-Id can never read as a mark.
+        let holder: Arc<str> = Arc::from(format!("walk:{}", miss.request_id));
         loop {
             // A leader whose models gave no answer leaves no lead to follow for a new
             // request (only followers that waited on its walk read the mark). One that

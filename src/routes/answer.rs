@@ -79,8 +79,13 @@ pub async fn within_budget(
     if daily.remaining > 0 {
         let limiter = state.limiter.clone();
         let payer = client.clone();
+        // Pending until charged (or dropped uncalled: the question shared another walk).
+        let pending = limiter.admit(client);
         miss.pay_with(Box::new(move |calls| {
-            tokio::spawn(async move { limiter.charge(&payer, calls).await });
+            tokio::spawn(async move {
+                limiter.charge(&payer, calls).await;
+                drop(pending);
+            });
         }));
         return Ok((Err(miss), Some(daily)));
     }

@@ -671,6 +671,44 @@ async fn over_its_daily_budget_a_new_question_gets_429_until_midnight_utc() {
 }
 
 #[tokio::test]
+async fn a_burst_of_new_questions_with_one_call_left_makes_one_walk() {
+    let redis = Redis::start();
+    let sim = healthy_sim().await;
+    sim.set_behavior(
+        "gpt-4o",
+        Behavior {
+            latency_ms: 300,
+            ..Behavior::default()
+        },
+    );
+    let app = budget_app(&redis, &sim, 1, |_| {}).await;
+
+    let asks = (0..10).map(|i| {
+        let app = &app;
+        async move {
+            ask_as(app, None, None, &format!("burst question number {i}"))
+                .await
+                .status()
+                .as_u16()
+        }
+    });
+    let statuses = futures_util::future::join_all(asks).await;
+
+    // The first admitted walk is pending until charged: the others see no call left.
+    assert_eq!(sim.calls("gpt-4o"), 1, "{statuses:?}");
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 429).count(),
+        9,
+        "{statuses:?}"
+    );
+}
+
+#[tokio::test]
 async fn over_its_daily_budget_a_client_gets_the_stale_answer() {
     let redis = Redis::start();
     let sim = healthy_sim().await;
