@@ -391,11 +391,13 @@ pub fn client_address(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> I
     if !is_trusted(&peer) {
         return peer;
     }
+    // Split as bytes: a line with a stray non-ASCII entry (the client's own) keeps the
+    // entries the proxies appended after it.
     let forwarded: Vec<&str> = headers
         .get_all("x-forwarded-for")
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(|e| std::str::from_utf8(e).unwrap_or(""))
         .collect();
     let mut client = peer;
     for entry in forwarded.iter().rev() {
@@ -505,6 +507,20 @@ mod tests {
         assert_eq!(forwarded_address("[2001:db8::1]"), Some(ip("2001:db8::1")));
         assert_eq!(forwarded_address("::ffff:1.2.3.4"), Some(ip("1.2.3.4")));
         assert_eq!(forwarded_address("unknown"), None);
+    }
+
+    #[test]
+    fn a_non_ascii_entry_of_x_forwarded_for_keeps_the_ones_a_proxy_appended() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "x-forwarded-for",
+            HeaderValue::from_bytes(b"caf\xc3\xa9, 203.0.113.7").unwrap(),
+        );
+        assert_eq!(
+            client_address(ip("10.1.2.3"), &headers, &trusted),
+            ip("203.0.113.7")
+        );
     }
 
     #[test]
