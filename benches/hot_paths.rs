@@ -224,6 +224,40 @@ fn bench_per_request(c: &mut Criterion) {
     });
 }
 
+/// A per-client rate check decided without a trip to Redis: a cell the instance holds
+/// from a batch (the common case with Redis up), and the `governor` limiter used while
+/// Redis is away (issue 14's target: ≤ 1 µs).
+fn bench_rate_limit(c: &mut Criterion) {
+    use resilient_qa::clients::{ClientId, ClientLimits};
+    use resilient_qa::limits::RateDecision;
+    use resilient_qa::limits::rate::{Local, Reservations};
+    let limits = ClientLimits {
+        rps: 1_000_000.0,
+        burst: 1_000_000,
+        model_calls_per_day: 0,
+    };
+    let id = ClientId([9; 16]);
+    let held = Reservations::default();
+    let granted = RateDecision {
+        allowed: true,
+        remaining: 1_000_000,
+        reset: std::time::Duration::from_secs(1),
+        retry_after: std::time::Duration::ZERO,
+    };
+    c.bench_function("rate_limit/held_cell", |b| {
+        b.iter(|| {
+            // Keep cells in hand: a batch of 10^6 lasts the whole measurement.
+            if held.decide(black_box(id), 20_000).is_none() {
+                held.keep(id, &granted, 1_000_000, 0, false);
+            }
+        })
+    });
+    let local = Local::default();
+    c.bench_function("rate_limit/local_governor", |b| {
+        b.iter(|| black_box(local.check(black_box(id), &limits)))
+    });
+}
+
 fn bench_router(c: &mut Criterion) {
     // One thread runs everything, the spawned pipeline task included: pure CPU cost,
     // without the cross-thread wake-ups a multi-threaded runtime adds.
@@ -334,6 +368,7 @@ criterion_group!(
     bench_memory_cache,
     bench_json,
     bench_per_request,
+    bench_rate_limit,
     bench_router
 );
 criterion_main!(benches);
