@@ -184,11 +184,10 @@ impl Limiter {
             return None;
         }
         let (day, reset) = daily::today();
-        let key = self.daily_key(client, day);
         let fresh = self.local_daily.fresh(client.id, day, budget);
         let (used, store) = match fresh {
             Some(used) => (used, Store::Redis),
-            None => match daily::used_in_redis(&self.cache, &key).await {
+            None => match daily::used_in_redis(&self.cache, &self.daily_key(client, day)).await {
                 Ok(used) => {
                     self.local_daily.set(client.id, day, used);
                     (used, Store::Redis)

@@ -156,6 +156,20 @@ struct Held {
     fetching: bool,
 }
 
+impl Held {
+    /// Nothing held yet, at `now`.
+    fn nothing(now: std::time::Instant) -> Held {
+        Held {
+            cells: 0,
+            until: now,
+            remaining: 0,
+            reset_at: now,
+            denied_until: None,
+            fetching: false,
+        }
+    }
+}
+
 /// The claim of a batch trip ([`Reservations::claim_fetch`]) by a request: dropped
 /// unsettled (Redis could not say, or the request went away mid-trip), it ends the fetch,
 /// so that the next request may claim it again.
@@ -247,14 +261,7 @@ impl Reservations {
         let Ok(mut held) = self.held.lock() else {
             return false;
         };
-        let h = held.entry(id).or_insert(Held {
-            cells: 0,
-            until: now,
-            remaining: 0,
-            reset_at: now,
-            denied_until: None,
-            fetching: false,
-        });
+        let h = held.entry(id).or_insert(Held::nothing(now));
         !std::mem::replace(&mut h.fetching, true)
     }
 
@@ -271,14 +278,7 @@ impl Reservations {
     ) {
         let now = std::time::Instant::now();
         if let Ok(mut held) = self.held.lock() {
-            let h = held.entry(id).or_insert(Held {
-                cells: 0,
-                until: now,
-                remaining: 0,
-                reset_at: now,
-                denied_until: None,
-                fetching: false,
-            });
+            let h = held.entry(id).or_insert(Held::nothing(now));
             let left = if h.until > now { h.cells } else { 0 };
             h.cells = left.saturating_add(granted.saturating_sub(spent));
             if granted > spent {
@@ -417,6 +417,16 @@ mod tests {
         assert!(local.check(ClientId([2; 16]), &l).allowed, "another client");
     }
 
+    /// Redis's answer granting cells, with `remaining` more after them.
+    fn granted(remaining: u64) -> RateDecision {
+        RateDecision {
+            allowed: true,
+            remaining,
+            reset: Duration::from_secs(1),
+            retry_after: Duration::ZERO,
+        }
+    }
+
     #[test]
     fn a_batch_is_twenty_milliseconds_of_the_rate_within_a_quarter_of_the_burst() {
         assert_eq!(batch(&limits(5.0, 10)), 1);
@@ -430,12 +440,7 @@ mod tests {
         let r = Reservations::default();
         let id = ClientId([3; 16]);
         assert!(r.decide(id, 4).is_none(), "nothing held yet");
-        let granted = RateDecision {
-            allowed: true,
-            remaining: 5,
-            reset: Duration::from_secs(1),
-            retry_after: Duration::ZERO,
-        };
+        let granted = granted(5);
         r.keep(id, &granted, 4, 1, false);
         let d = r.decide(id, 4).unwrap();
         assert_eq!((d.decision.allowed, d.decision.remaining), (true, 7));
@@ -455,12 +460,7 @@ mod tests {
     fn a_fetched_batch_adds_to_the_cells_held_and_one_request_fetches_it() {
         let r = Reservations::default();
         let id = ClientId([6; 16]);
-        let granted = RateDecision {
-            allowed: true,
-            remaining: 100,
-            reset: Duration::from_secs(1),
-            retry_after: Duration::ZERO,
-        };
+        let granted = granted(100);
         r.keep(id, &granted, 10, 1, false);
         let fetches = (0..8)
             .filter(|_| r.decide(id, 10).unwrap().fetch_more)
@@ -482,12 +482,7 @@ mod tests {
         let id = ClientId([7; 16]);
         assert!(r.claim_fetch(id));
         assert!(!r.claim_fetch(id), "the batch trip is on its way");
-        let granted = RateDecision {
-            allowed: true,
-            remaining: 10,
-            reset: Duration::from_secs(1),
-            retry_after: Duration::ZERO,
-        };
+        let granted = granted(10);
         r.keep(id, &granted, 1, 1, false);
         assert!(!r.claim_fetch(id), "a single cell's trip does not end it");
         r.keep(id, &granted, 4, 1, true);
