@@ -118,6 +118,37 @@ def poll_ready(port, path, deadline_s, interval_s=0.001):
     return None
 
 
+def start_redis(extra_args=()):
+    """A private redis-server (no persistence) on a free port, answering PING: (process,
+    port)."""
+    port = free_port()
+    p = spawn("redis", ["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                        "--save", "", "--appendonly", "no", "--dir", TMP,
+                        "--loglevel", "warning", *extra_args])
+    deadline = time.time() + 10
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                s.sendall(b"PING\r\n")
+                if s.recv(16).startswith(b"+PONG"):
+                    return p, port
+        except OSError:
+            pass
+        if time.time() > deadline or p.poll() is not None:
+            raise SystemExit(f"redis-server did not start; see {TMP}/redis.log")
+        time.sleep(0.01)
+
+
+def start_sim(extra_args=()):
+    """upstream-sim at SIM_LATENCY_MS on a free port, serving: (process, port)."""
+    port = free_port()
+    p = spawn("sim", [SIM_BIN, "--listen", f"127.0.0.1:{port}",
+                      "--latency-ms", str(SIM_LATENCY_MS), *extra_args])
+    if poll_ready(port, "/v1/models", 10.0) is None:
+        raise SystemExit(f"upstream-sim did not start; see {TMP}/sim.log")
+    return p, port
+
+
 def rss_kib(pid, field="VmRSS"):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -360,27 +391,8 @@ def run():
                 raise SystemExit(f"{b} missing: run bench/run.sh (it builds first)")
 
     # Redis and the simulator, private, on free loopback ports.
-    redis_port = free_port()
-    redis = spawn("redis", ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1",
-                            "--save", "", "--appendonly", "no", "--dir", TMP,
-                            "--protected-mode", "yes", "--loglevel", "warning"])
-    sim_port = free_port()
-    spawn("sim", [SIM_BIN, "--listen", f"127.0.0.1:{sim_port}",
-                  "--latency-ms", str(SIM_LATENCY_MS)])
-    deadline = time.time() + 10
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", redis_port), timeout=1) as s:
-                s.sendall(b"PING\r\n")
-                if s.recv(16).startswith(b"+PONG"):
-                    break
-        except OSError:
-            pass
-        if time.time() > deadline or redis.poll() is not None:
-            raise SystemExit(f"redis-server did not start; see {TMP}/redis.log")
-        time.sleep(0.01)
-    if poll_ready(sim_port, "/v1/models", 10.0) is None:
-        raise SystemExit(f"upstream-sim did not start; see {TMP}/sim.log")
+    redis, redis_port = start_redis(["--protected-mode", "yes"])
+    _, sim_port = start_sim()
     log(f"redis on {redis_port}, upstream-sim on {sim_port} ({SIM_LATENCY_MS} ms)")
     ready_samples = []
 

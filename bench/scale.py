@@ -21,7 +21,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import sys
 import time
 
@@ -54,27 +53,8 @@ def haproxy_bin():
 
 
 def start_backends():
-    redis_port = B.free_port()
-    redis = B.spawn("redis", ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1",
-                              "--save", "", "--appendonly", "no", "--dir", B.TMP,
-                              "--loglevel", "warning"])
-    sim_port = B.free_port()
-    B.spawn("sim", [B.SIM_BIN, "--listen", f"127.0.0.1:{sim_port}",
-                    "--latency-ms", str(B.SIM_LATENCY_MS)])
-    deadline = time.time() + 10
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", redis_port), timeout=1) as s:
-                s.sendall(b"PING\r\n")
-                if s.recv(16).startswith(b"+PONG"):
-                    break
-        except OSError:
-            pass
-        if time.time() > deadline:
-            raise SystemExit(f"redis-server did not start; see {B.TMP}/redis.log")
-        time.sleep(0.01)
-    if B.poll_ready(sim_port, "/v1/models", 10.0) is None:
-        raise SystemExit(f"upstream-sim did not start; see {B.TMP}/sim.log")
+    redis, redis_port = B.start_redis()
+    _, sim_port = B.start_sim()
     return redis, redis_port, sim_port
 
 

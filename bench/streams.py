@@ -66,29 +66,9 @@ def put_model(sim_port, model, behavior):
 
 
 def start_redis_and_sim():
-    redis_port = bench.free_port()
-    bench.spawn("redis", ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1",
-                          "--save", "", "--appendonly", "no", "--dir", TMP,
-                          "--loglevel", "warning"])
-    sim_port = bench.free_port()
-    sim = bench.spawn("sim", [bench.SIM_BIN, "--listen", f"127.0.0.1:{sim_port}",
-                              "--latency-ms", str(bench.SIM_LATENCY_MS),
-                              "--stream-piece-chars", str(SIM_PIECE_CHARS),
-                              "--stream-interval-ms", str(SIM_INTERVAL_MS)])
-    deadline = time.time() + 10
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", redis_port), timeout=1) as s:
-                s.sendall(b"PING\r\n")
-                if s.recv(16).startswith(b"+PONG"):
-                    break
-        except OSError:
-            pass
-        if time.time() > deadline:
-            raise SystemExit("redis-server did not start")
-        time.sleep(0.01)
-    if bench.poll_ready(sim_port, "/v1/models", 10.0) is None:
-        raise SystemExit("upstream-sim did not start")
+    _, redis_port = bench.start_redis()
+    sim, sim_port = bench.start_sim(["--stream-piece-chars", str(SIM_PIECE_CHARS),
+                                     "--stream-interval-ms", str(SIM_INTERVAL_MS)])
     return redis_port, sim_port, sim
 
 
