@@ -162,16 +162,22 @@ async fn a_client_over_its_rate_gets_429_with_retry_after_and_the_ratelimit_fiel
     );
 }
 
+/// Two instances sharing `redis`, every client held to `rps` with bursts of `burst`.
+async fn two_instances(redis: &Redis, sim: &SimServer, rps: f64, burst: u32) -> (TestApp, TestApp) {
+    let limited = |c: &mut Config| {
+        c.limits.per_client_rps = rps;
+        c.limits.per_client_burst = burst;
+    };
+    let a = TestApp::spawn(config(redis, sim, limited)).await;
+    let b = TestApp::spawn(config(redis, sim, limited)).await;
+    (a, b)
+}
+
 #[tokio::test]
 async fn the_rate_holds_across_two_instances_sharing_a_redis() {
     let redis = Redis::start();
     let sim = healthy_sim().await;
-    let limited = |c: &mut Config| {
-        c.limits.per_client_rps = 0.1;
-        c.limits.per_client_burst = 4;
-    };
-    let a = TestApp::spawn(config(&redis, &sim, limited)).await;
-    let b = TestApp::spawn(config(&redis, &sim, limited)).await;
+    let (a, b) = two_instances(&redis, &sim, 0.1, 4).await;
 
     let mut seen = Vec::new();
     for i in 0..6 {
@@ -201,12 +207,7 @@ async fn a_fast_client_taking_cells_in_batches_is_held_to_its_rate_across_two_in
     let redis = Redis::start();
     let sim = healthy_sim().await;
     // 200 a second with bursts of 100: each instance takes 4 cells from Redis at once.
-    let limited = |c: &mut Config| {
-        c.limits.per_client_rps = 200.0;
-        c.limits.per_client_burst = 100;
-    };
-    let a = TestApp::spawn(config(&redis, &sim, limited)).await;
-    let b = TestApp::spawn(config(&redis, &sim, limited)).await;
+    let (a, b) = two_instances(&redis, &sim, 200.0, 100).await;
     ask_as(&a, None, None, "a fast client").await;
 
     let started = std::time::Instant::now();
@@ -241,12 +242,7 @@ async fn a_fast_client_taking_cells_in_batches_is_held_to_its_rate_across_two_in
 async fn with_redis_away_each_instance_limits_on_its_own() {
     let mut redis = Redis::start();
     let sim = healthy_sim().await;
-    let limited = |c: &mut Config| {
-        c.limits.per_client_rps = 0.1;
-        c.limits.per_client_burst = 2;
-    };
-    let a = TestApp::spawn(config(&redis, &sim, limited)).await;
-    let b = TestApp::spawn(config(&redis, &sim, limited)).await;
+    let (a, b) = two_instances(&redis, &sim, 0.1, 2).await;
     redis.kill();
 
     let on_a = statuses(&a, None, None, "redis is away", 3).await;

@@ -328,6 +328,20 @@ fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
     false
 }
 
+/// Waits (off the runtime's threads: the checks run `redis-cli`) up to 30 s for
+/// `promoted` to hold of `topology`: whether it did, when, and the topology back.
+async fn promotion<T: Send + 'static>(
+    topology: T,
+    promoted: impl Fn(&T) -> bool + Send + 'static,
+) -> (bool, Instant, T) {
+    tokio::task::spawn_blocking(move || {
+        let ok = wait_until(Duration::from_secs(30), || promoted(&topology));
+        (ok, Instant::now(), topology)
+    })
+    .await
+    .unwrap()
+}
+
 /// The service over `sim` in `mode` with `urls`: no memory layer, so every lookup is a
 /// Redis lookup and what Redis does shows in every answer.
 fn config(mode: RedisMode, urls: Vec<String>, sim: &SimServer) -> Config {
@@ -373,6 +387,17 @@ impl Load {
             .iter()
             .filter(|(_, status, source, _)| *status != 200 || source == "default")
             .collect()
+    }
+
+    /// Every answer was a 200 from a tier before the default reply.
+    fn assert_no_errors(&self) {
+        let errors = self.errors();
+        assert!(
+            errors.is_empty(),
+            "{} errors, e.g. {:?}",
+            errors.len(),
+            errors.first()
+        );
     }
 
     /// The first cache hit at or after `t` of one of `questions`.
@@ -439,25 +464,16 @@ async fn a_sentinel_failover_under_load_makes_no_errors_and_hits_return_within_t
     tokio::time::sleep(Duration::from_millis(500)).await;
     let killed = Instant::now();
     group.primary.kill();
-    let promoted = tokio::task::spawn_blocking(move || {
-        let ok = wait_until(Duration::from_secs(30), || {
-            group.primary_port().is_some_and(|p| p != first)
-        });
-        (ok, Instant::now(), group)
-    });
-    let (ok, failed_over, _group) = promoted.await.unwrap();
+    let (ok, failed_over, _group) = promotion(group, move |g: &SentinelGroup| {
+        g.primary_port().is_some_and(|p| p != first)
+    })
+    .await;
     assert!(ok, "the sentinels did not promote the replica");
     tokio::time::sleep(Duration::from_secs(12)).await;
     stop.store(true, Ordering::Relaxed);
     let load = load.await.unwrap();
 
-    let errors = load.errors();
-    assert!(
-        errors.is_empty(),
-        "{} errors, e.g. {:?}",
-        errors.len(),
-        errors.first()
-    );
+    load.assert_no_errors();
     let all: Vec<usize> = (0..QUESTIONS).collect();
     let hit = load
         .first_hit_after(failed_over, &all)
@@ -535,25 +551,16 @@ async fn a_cluster_failover_under_load_makes_no_errors_and_hits_return_within_te
     tokio::time::sleep(Duration::from_millis(500)).await;
     let killed = Instant::now();
     cluster.node(victim_port).kill();
-    let promoted = tokio::task::spawn_blocking(move || {
-        let ok = wait_until(Duration::from_secs(30), || {
-            cluster.healthy() && cluster.primaries().iter().all(|(id, _)| *id != victim_id)
-        });
-        (ok, Instant::now(), cluster)
-    });
-    let (ok, failed_over, _cluster) = promoted.await.unwrap();
+    let (ok, failed_over, _cluster) = promotion(cluster, move |c: &Cluster| {
+        c.healthy() && c.primaries().iter().all(|(id, _)| *id != victim_id)
+    })
+    .await;
     assert!(ok, "the cluster did not promote a replica");
     tokio::time::sleep(Duration::from_secs(12)).await;
     stop.store(true, Ordering::Relaxed);
     let load = load.await.unwrap();
 
-    let errors = load.errors();
-    assert!(
-        errors.is_empty(),
-        "{} errors, e.g. {:?}",
-        errors.len(),
-        errors.first()
-    );
+    load.assert_no_errors();
     // The questions whose answers lived on the killed primary: hits again once its
     // replica serves their slots.
     let back = load
@@ -612,13 +619,7 @@ async fn a_key_migration_between_cluster_primaries_makes_no_errors() {
     stop.store(true, Ordering::Relaxed);
     let load = load.await.unwrap();
 
-    let errors = load.errors();
-    assert!(
-        errors.is_empty(),
-        "{} errors, e.g. {:?}",
-        errors.len(),
-        errors.first()
-    );
+    load.assert_no_errors();
     // The moved answers are still there, on their new owner.
     for i in 0..QUESTIONS {
         assert_eq!(app.source_of(&question(i)).await, "cache", "question {i}");
